@@ -57,4 +57,13 @@ impl BackendError {
     pub fn invalid(context: impl Into<String>) -> Self {
         Self::new(ErrorKind::Invalid, context)
     }
+
+    pub fn read_only(context: impl Into<String>) -> Self {
+        Self::new(ErrorKind::ReadOnly, context)
+    }
+
+    /// Wrap an errno as returned by `nix`, classifying it like [`BackendError::io`].
+    pub fn errno(context: impl Into<String>, errno: nix::errno::Errno) -> Self {
+        Self::io(context, io::Error::from(errno))
+    }
 }

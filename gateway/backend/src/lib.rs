@@ -104,6 +104,29 @@ pub trait Backend: Send + Sync + 'static {
     fn cache(&self, offset: u64, length: u64) -> Result<()>;
 }
 
+/// Defensive bounds check shared by the backends: `offset..offset + length` must lie within
+/// `0..size`. Returns the end of the range.
+pub(crate) fn check_range(what: &str, size: u64, offset: u64, length: u64) -> Result<u64> {
+    match offset.checked_add(length) {
+        Some(end) if end <= size => Ok(end),
+        _ => Err(BackendError::invalid(format!("{what}: range {offset}+{length} is outside the export (size {size})"))),
+    }
+}
+
+/// Append a run to an extent list, merging it into the last one when the state is the same.
+/// Returns false (appending nothing) when that would make more than `max` extents; the
+/// caller then stops and returns what it has, which the contract allows.
+pub(crate) fn push_extent(out: &mut Vec<Extent>, length: u64, hole: bool, max: usize) -> bool {
+    if let Some(last) = out.last_mut().filter(|last| last.hole == hole) {
+        last.length += length;
+    } else if out.len() >= max {
+        return false;
+    } else {
+        out.push(Extent { length, hole, zero: hole });
+    }
+    true
+}
+
 /// Which backend to open, as named by the configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BackendSpec {

@@ -1,0 +1,418 @@
+//! Backend over a sparse regular file (a raw disk image).
+//!
+//! I/O is positional on one shared descriptor, so any number of threads and connections can
+//! use it at once and a single `fdatasync` makes every completed write durable
+//! (`can_multi_conn`). FUA writes go through a second descriptor of the same inode opened
+//! with `O_DSYNC`, which makes just that write durable without flushing the whole file.
+//! Trim and zero use `fallocate`; allocation is reported with `SEEK_DATA`/`SEEK_HOLE`.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use nix::errno::Errno;
+use nix::fcntl::{fallocate, posix_fadvise, FallocateFlags, PosixFadviseAdvice};
+use nix::unistd::{lseek, Whence};
+
+use crate::{check_range, push_extent, Backend, BackendError, Capabilities, Extent, Result, ZeroFlags};
+
+/// Bound on the extents returned by one call (the caller asks again from where we stopped).
+const MAX_EXTENTS: usize = 1024;
+/// Largest zero buffer written when zeroing has to fall back to plain writes.
+const ZERO_BUF: usize = 1 << 20;
+
+const PUNCH: FallocateFlags = FallocateFlags::FALLOC_FL_PUNCH_HOLE.union(FallocateFlags::FALLOC_FL_KEEP_SIZE);
+
+/// A regular file used as the export's storage.
+pub struct FileBackend {
+    path: PathBuf,
+    file: File,
+    /// The same inode opened with `O_DSYNC`, for FUA writes; `None` when read-only.
+    sync_file: Option<File>,
+    size: u64,
+    read_only: bool,
+    /// What the open-time probe found; fixed, because capabilities are advertised once.
+    punch_probed: bool,
+    /// Cleared when the filesystem answers EOPNOTSUPP at run time, so we stop asking.
+    punch_ok: AtomicBool,
+    zero_range_ok: AtomicBool,
+}
+
+fn unsupported(e: Errno) -> bool {
+    matches!(e, Errno::EOPNOTSUPP | Errno::ENOSYS)
+}
+
+impl FileBackend {
+    /// Open (or, when `size` is given and the file is missing, create) a disk image.
+    ///
+    /// An existing image is never resized: a configured `size` that differs from the file's
+    /// is refused, naming both.
+    pub fn open(path: &Path, size: Option<u64>, read_only: bool) -> Result<FileBackend> {
+        let shown = path.display();
+        if size == Some(0) {
+            return Err(BackendError::invalid(format!("{shown}: refusing an export of size 0")));
+        }
+        if size.is_some_and(|s| s > i64::MAX as u64) {
+            return Err(BackendError::invalid(format!("{shown}: size exceeds the largest file")));
+        }
+        let file = match OpenOptions::new().read(true).write(!read_only).open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => match size {
+                None => {
+                    return Err(BackendError::io(
+                        format!("{shown}: image does not exist and no size is configured to create it"),
+                        e,
+                    ))
+                }
+                Some(_) if read_only => {
+                    return Err(BackendError::io(
+                        format!("{shown}: image does not exist (not creating it for a read-only export)"),
+                        e,
+                    ))
+                }
+                Some(size) => create(path, size)?,
+            },
+            Err(e) => return Err(BackendError::io(format!("{shown}: open"), e)),
+        };
+        let meta = file.metadata().map_err(|e| BackendError::io(format!("{shown}: fstat"), e))?;
+        if !meta.file_type().is_file() {
+            return Err(BackendError::invalid(format!(
+                "{shown}: not a regular file (use the block backend for devices)"
+            )));
+        }
+        let actual = meta.len();
+        let size = match size {
+            Some(configured) if configured != actual => {
+                return Err(BackendError::invalid(format!(
+                    "{shown}: image is {actual} bytes but the configured size is {configured} \
+                     bytes; refusing to resize an existing image"
+                )))
+            }
+            Some(configured) => configured,
+            None if actual == 0 => {
+                return Err(BackendError::invalid(format!("{shown}: image is empty; refusing an export of size 0")))
+            }
+            None => actual,
+        };
+        let sync_file = if read_only { None } else { Some(reopen_dsync(path, &file, &meta)?) };
+        let punch_probed = !read_only && probe_punch(file.as_raw_fd(), size);
+        tracing::debug!(path = %shown, size, read_only, punch = punch_probed, "opened file backend");
+        Ok(FileBackend {
+            path: path.to_owned(),
+            file,
+            sync_file,
+            size,
+            read_only,
+            punch_probed,
+            punch_ok: AtomicBool::new(punch_probed),
+            zero_range_ok: AtomicBool::new(!read_only),
+        })
+    }
+
+    fn fd(&self) -> RawFd {
+        self.file.as_raw_fd()
+    }
+
+    fn ctx(&self, op: impl std::fmt::Display) -> String {
+        format!("{}: {op}", self.path.display())
+    }
+
+    fn writable(&self, op: &str) -> Result<()> {
+        if self.read_only {
+            return Err(BackendError::read_only(self.ctx(format_args!("{op} on a read-only export"))));
+        }
+        Ok(())
+    }
+
+    fn fdatasync(&self) -> Result<()> {
+        self.file.sync_data().map_err(|e| BackendError::io(self.ctx("fdatasync"), e))
+    }
+
+    fn fallocate(&self, mode: FallocateFlags, offset: u64, length: u64) -> std::result::Result<(), Errno> {
+        // Ranges were checked against `size`, which open() bounded by i64::MAX.
+        let off = libc::off_t::try_from(offset).map_err(|_| Errno::EFBIG)?;
+        let len = libc::off_t::try_from(length).map_err(|_| Errno::EFBIG)?;
+        loop {
+            match fallocate(self.fd(), mode, off, len) {
+                Err(Errno::EINTR) => continue,
+                r => return r,
+            }
+        }
+    }
+
+    /// Punch a hole; `Ok(false)` when the filesystem cannot.
+    fn punch(&self, offset: u64, length: u64) -> Result<bool> {
+        if !self.punch_ok.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        match self.fallocate(PUNCH, offset, length) {
+            Ok(()) => Ok(true),
+            Err(e) if unsupported(e) => {
+                self.punch_ok.store(false, Ordering::Relaxed);
+                Ok(false)
+            }
+            Err(e) => Err(BackendError::errno(self.ctx(format_args!("punch hole {offset}+{length}")), e)),
+        }
+    }
+
+    /// Zero without deallocating, by fallocate alone; `Ok(false)` when that is impossible here.
+    fn zero_allocated(&self, offset: u64, length: u64) -> Result<bool> {
+        if self.zero_range_ok.load(Ordering::Relaxed) {
+            // No KEEP_SIZE: if the file was cut short behind our back, growing it back
+            // towards the export size is what a write there would do too.
+            match self.fallocate(FallocateFlags::FALLOC_FL_ZERO_RANGE, offset, length) {
+                Ok(()) => return Ok(true),
+                Err(e) if unsupported(e) => self.zero_range_ok.store(false, Ordering::Relaxed),
+                Err(e) => return Err(BackendError::errno(self.ctx(format_args!("zero range {offset}+{length}")), e)),
+            }
+        }
+        if !self.punch(offset, length)? {
+            return Ok(false);
+        }
+        // The range now reads as zeroes; reallocating it only honours NO_HOLE, so a
+        // filesystem that cannot preallocate still gets a correct (if sparse) result.
+        match self.fallocate(FallocateFlags::empty(), offset, length) {
+            Ok(()) => Ok(true),
+            Err(e) if unsupported(e) => Ok(true),
+            Err(e) => Err(BackendError::errno(self.ctx(format_args!("reallocate {offset}+{length}")), e)),
+        }
+    }
+
+    fn write_zeroes(&self, offset: u64, end: u64) -> Result<()> {
+        let zeroes = vec![0u8; ZERO_BUF.min((end - offset) as usize)];
+        let mut pos = offset;
+        while pos < end {
+            let n = zeroes.len().min((end - pos) as usize);
+            self.file
+                .write_all_at(&zeroes[..n], pos)
+                .map_err(|e| BackendError::io(self.ctx(format_args!("write zeroes at {pos}+{n}")), e))?;
+            pos += n as u64;
+        }
+        Ok(())
+    }
+}
+
+/// Create a missing image sparse, with its parent directories.
+fn create(path: &Path, size: u64) -> Result<File> {
+    let shown = path.display();
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| BackendError::io(format!("{shown}: create parent directories"), e))?;
+    }
+    let file = match OpenOptions::new().read(true).write(true).create_new(true).open(path) {
+        Ok(f) => f,
+        // Someone else created it meanwhile: use theirs (its size is checked by the caller).
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            return OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path)
+                .map_err(|e| BackendError::io(format!("{shown}: open"), e));
+        }
+        Err(e) => return Err(BackendError::io(format!("{shown}: create"), e)),
+    };
+    if let Err(e) = file.set_len(size) {
+        // Leave nothing behind that the next start would refuse as a size mismatch.
+        let _ = std::fs::remove_file(path);
+        return Err(BackendError::io(format!("{shown}: set length {size}"), e));
+    }
+    tracing::info!(path = %shown, size, "created sparse image");
+    Ok(file)
+}
+
+/// Open the already open file a second time with `O_DSYNC`.
+///
+/// Via `/proc/self/fd` so that a rename or replacement of `path` since the first open cannot
+/// hand us another file; the inode is checked either way.
+fn reopen_dsync(path: &Path, file: &File, meta: &std::fs::Metadata) -> Result<File> {
+    let proc_path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+    let open = |p: &Path| OpenOptions::new().write(true).custom_flags(libc::O_DSYNC).open(p);
+    let sync_file = open(&proc_path)
+        .or_else(|_| open(path))
+        .map_err(|e| BackendError::io(format!("{}: open with O_DSYNC", path.display()), e))?;
+    let sync_meta = sync_file.metadata().map_err(|e| BackendError::io(format!("{}: fstat", path.display()), e))?;
+    if (sync_meta.dev(), sync_meta.ino()) != (meta.dev(), meta.ino()) {
+        return Err(BackendError::new(
+            crate::ErrorKind::Io,
+            format!("{}: file was replaced while opening it", path.display()),
+        ));
+    }
+    Ok(sync_file)
+}
+
+/// Whether the filesystem can punch holes.
+///
+/// A zero-length fallocate proves nothing (the VFS rejects it with EINVAL before asking the
+/// filesystem), so punch one block past the end of the export, with KEEP_SIZE: there is no
+/// data there to lose and the size does not change, but the filesystem still validates the
+/// mode and answers EOPNOTSUPP if it has no hole punching. Any other failure is inconclusive;
+/// we then assume support and let a run-time EOPNOTSUPP turn trims into no-ops.
+fn probe_punch(fd: RawFd, size: u64) -> bool {
+    const BLOCK: u64 = 4096;
+    let Some(off) = size.checked_next_multiple_of(BLOCK).and_then(|o| i64::try_from(o).ok()) else {
+        return true;
+    };
+    if off.checked_add(BLOCK as i64).is_none() {
+        return true;
+    }
+    match fallocate(fd, PUNCH, off, BLOCK as i64) {
+        Ok(()) => true,
+        Err(e) if unsupported(e) => false,
+        Err(e) => {
+            tracing::debug!(error = %e, "hole punching probe inconclusive; assuming support");
+            true
+        }
+    }
+}
+
+impl Backend for FileBackend {
+    fn kind(&self) -> &'static str {
+        "file"
+    }
+
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        let rw = !self.read_only;
+        Capabilities {
+            can_trim: self.punch_probed,
+            can_zero: rw,
+            // Hole punching alone suffices for every fast variant (see `zero`).
+            can_fast_zero: self.punch_probed,
+            can_extents: true,
+            can_cache: true,
+            can_multi_conn: true,
+            native_fua: rw,
+            blocking: true,
+        }
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        check_range(&self.ctx("read"), self.size, offset, buf.len() as u64)?;
+        let mut done = 0;
+        while done < buf.len() {
+            let pos = offset + done as u64;
+            match self.file.read_at(&mut buf[done..], pos) {
+                // The file was cut short behind our back: past its end is a hole.
+                Ok(0) => {
+                    buf[done..].fill(0);
+                    break;
+                }
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let len = buf.len();
+                    return Err(BackendError::io(self.ctx(format_args!("read at {offset}+{len}")), e));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> Result<()> {
+        self.writable("write")?;
+        check_range(&self.ctx("write"), self.size, offset, buf.len() as u64)?;
+        let target = match (&self.sync_file, fua) {
+            (Some(sync_file), true) => sync_file,
+            _ => &self.file,
+        };
+        target
+            .write_all_at(buf, offset)
+            .map_err(|e| BackendError::io(self.ctx(format_args!("write at {offset}+{}", buf.len())), e))
+    }
+
+    fn flush(&self) -> Result<()> {
+        if self.read_only {
+            return Ok(());
+        }
+        self.fdatasync()
+    }
+
+    fn trim(&self, offset: u64, length: u64, fua: bool) -> Result<()> {
+        self.writable("trim")?;
+        check_range(&self.ctx("trim"), self.size, offset, length)?;
+        if length == 0 || !self.punch(offset, length)? {
+            return Ok(());
+        }
+        if fua {
+            self.fdatasync()?;
+        }
+        Ok(())
+    }
+
+    fn zero(&self, offset: u64, length: u64, flags: ZeroFlags) -> Result<()> {
+        self.writable("zero")?;
+        let end = check_range(&self.ctx("zero"), self.size, offset, length)?;
+        if length == 0 {
+            return Ok(());
+        }
+        // On Linux a punched hole reads back as zeroes, so it is the cheapest zero.
+        let done = (flags.may_trim && self.punch(offset, length)?) || self.zero_allocated(offset, length)?;
+        if !done {
+            if flags.fast_only {
+                return Err(BackendError::not_supported(self.ctx("fast zero")));
+            }
+            self.write_zeroes(offset, end)?;
+        }
+        if flags.fua {
+            self.fdatasync()?;
+        }
+        Ok(())
+    }
+
+    fn extents(&self, offset: u64, length: u64) -> Result<Vec<Extent>> {
+        let end = check_range(&self.ctx("extents"), self.size, offset, length)?;
+        if length == 0 {
+            return Err(BackendError::invalid(self.ctx("extents of an empty range")));
+        }
+        let file_len = self.file.metadata().map_err(|e| BackendError::io(self.ctx("fstat"), e))?.len();
+        let seek = |pos: u64, whence: Whence| -> Result<Option<u64>> {
+            let off = libc::off_t::try_from(pos).map_err(|_| BackendError::invalid(self.ctx("seek")))?;
+            match lseek(self.fd(), off, whence) {
+                Ok(found) => Ok(Some(u64::try_from(found).unwrap_or(pos))),
+                Err(Errno::ENXIO) => Ok(None),
+                Err(e) => Err(BackendError::errno(self.ctx(format_args!("lseek {whence:?} at {pos}")), e)),
+            }
+        };
+        let mut out: Vec<Extent> = Vec::new();
+        let mut pos = offset;
+        while pos < end {
+            // Reporting data where there is a hole is always safe, the reverse never: every
+            // race (the file changing between the two seeks) resolves towards data.
+            let (hole, next) = if pos >= file_len {
+                (true, end)
+            } else {
+                match seek(pos, Whence::SeekData)? {
+                    None => (true, end),
+                    Some(data) if data > pos => (true, data.min(end)),
+                    Some(_) => match seek(pos, Whence::SeekHole)? {
+                        Some(h) if h > pos => (false, h.min(end)),
+                        _ => (false, end),
+                    },
+                }
+            };
+            if !push_extent(&mut out, next - pos, hole, MAX_EXTENTS) {
+                break;
+            }
+            pos = next;
+        }
+        Ok(out)
+    }
+
+    fn cache(&self, offset: u64, length: u64) -> Result<()> {
+        check_range(&self.ctx("cache"), self.size, offset, length)?;
+        // A zero length would mean "to the end of the file" to posix_fadvise.
+        if length == 0 {
+            return Ok(());
+        }
+        let off = libc::off_t::try_from(offset).map_err(|_| BackendError::invalid(self.ctx("cache")))?;
+        let len = libc::off_t::try_from(length).map_err(|_| BackendError::invalid(self.ctx("cache")))?;
+        posix_fadvise(self.fd(), off, len, PosixFadviseAdvice::POSIX_FADV_WILLNEED)
+            .map_err(|e| BackendError::errno(self.ctx(format_args!("fadvise {offset}+{length}")), e))
+    }
+}
