@@ -11,6 +11,11 @@
 
 PATH=/sbin:/usr/sbin:/bin:/usr/bin
 export PATH
+# Debian's busybox sh runs its own applets in preference to files on PATH, so
+# the real nbd-client, mke2fs and e2fsck are always called by full path.
+NBD_CLIENT=/sbin/nbd-client
+MKE2FS=/sbin/mke2fs
+E2FSCK=/sbin/e2fsck
 mount -t devtmpfs devtmpfs /dev
 exec </dev/console >/dev/console 2>&1
 mount -t proc proc /proc
@@ -59,7 +64,7 @@ net_up() {
 
 # connect DEV: attach the export to DEV and check its size.
 connect() {
-    nbd-client "$SERVER_IP" "$SERVER_PORT" "$1" -N "$EXPORT" -b "$BLOCK_SIZE" || return 1
+    $NBD_CLIENT "$SERVER_IP" "$SERVER_PORT" "$1" -N "$EXPORT" -b "$BLOCK_SIZE" || return 1
     size=$(blockdev --getsize64 "$1") || return 1
     say "$1 size $size bytes"
     if [ "$size" -lt "$MIN_SIZE" ]; then
@@ -69,7 +74,7 @@ connect() {
 }
 
 disconnect() {
-    nbd-client -d "$1"
+    $NBD_CLIENT -d "$1"
 }
 
 write_files() {
@@ -121,7 +126,7 @@ verify_sums() {
 }
 
 fsck_clean() {
-    e2fsck -fn "$1"
+    $E2FSCK -fn "$1"
 }
 
 main() {
@@ -129,7 +134,7 @@ main() {
     run "network up" net_up
 
     run "connect 1 on /dev/nbd0 (export '$EXPORT')" connect /dev/nbd0
-    run "mke2fs -t ext4 on /dev/nbd0" mke2fs -t ext4 -b 4096 -F -q \
+    run "mke2fs -t ext4 on /dev/nbd0" $MKE2FS -t ext4 -b 4096 -F -q \
         -E lazy_itable_init=0,lazy_journal_init=0 /dev/nbd0
     run "mount /dev/nbd0" mount -t ext4 /dev/nbd0 /mnt
     run "write files" write_files

@@ -326,8 +326,7 @@ run_vm() {
         -netdev "user,id=n0,restrict=on,guestfwd=tcp:10.0.2.100:10809-cmd:socat STDIO TCP:127.0.0.1:$port"
         -device "e1000,netdev=n0,romfile="
     )
-    printf '+ %q' "${cmd[@]}" >"$logf"
-    printf '\n' >>"$logf"
+    { printf '+'; printf ' %q' "${cmd[@]}"; printf '\n'; } >"$logf"
     local rc
     set +e
     "${cmd[@]}" </dev/null 2>&1 | tee -a "$logf" | sed -un 's/\r$//; /^VMTEST: /p' >&2

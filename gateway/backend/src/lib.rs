@@ -19,6 +19,8 @@ pub mod block;
 pub mod error;
 pub mod file;
 pub mod memory;
+#[cfg(test)]
+mod testutil;
 
 pub use error::{BackendError, ErrorKind, Result};
 

@@ -258,3 +258,126 @@ fn chunk_pieces(buf: &[u8], offset: u64) -> impl Iterator<Item = &[u8]> {
     let (head, tail) = buf.split_at(first);
     std::iter::once(head).filter(|h| !h.is_empty()).chain(tail.chunks(CHUNK_SIZE))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil;
+    use proptest::prelude::*;
+    use std::sync::Arc;
+
+    const MIB: u64 = 1 << 20;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn matches_model(ops in testutil::ops(5 * CHUNK_SIZE as u64 + 1234, 40)) {
+            let backend = MemoryBackend::new(5 * CHUNK_SIZE as u64 + 1234);
+            testutil::check(&backend, &ops, true)?;
+        }
+    }
+
+    fn extent(length: u64, hole: bool) -> Extent {
+        Extent { length, hole, zero: hole }
+    }
+
+    #[test]
+    fn whole_chunks_are_deallocated() {
+        let c = CHUNK_SIZE as u64;
+        let m = MemoryBackend::new(4 * c);
+        m.write_at(&vec![7; 3 * CHUNK_SIZE], 0, false).unwrap();
+        assert_eq!(m.extents(0, 4 * c).unwrap(), vec![extent(3 * c, false), extent(c, true)]);
+        // Trim takes the middle chunk away; a partial zero leaves its chunk allocated.
+        m.trim(c, c, false).unwrap();
+        m.zero(2 * c, 10, ZeroFlags { fast_only: true, ..Default::default() }).unwrap();
+        assert_eq!(
+            m.extents(0, 4 * c).unwrap(),
+            vec![extent(c, false), extent(c, true), extent(2 * c, false)][..2]
+                .iter()
+                .copied()
+                .chain([extent(c, false), extent(c, true)])
+                .collect::<Vec<_>>()
+        );
+        let mut buf = vec![1; 20];
+        m.read_at(&mut buf, 2 * c).unwrap();
+        assert_eq!(&buf[..10], &[0; 10]);
+        assert_eq!(&buf[10..], &[7; 10]);
+        // A request in the middle of a run reports from its own offset and stops at its end.
+        assert_eq!(m.extents(c + 5, c).unwrap(), vec![extent(c - 5, true), extent(5, false)]);
+    }
+
+    #[test]
+    fn extent_count_is_bounded() {
+        let c = CHUNK_SIZE as u64;
+        let m = MemoryBackend::new(3000 * c);
+        for i in (0..3000).step_by(2) {
+            m.write_at(&[1], i * c, false).unwrap();
+        }
+        let extents = m.extents(0, 3000 * c).unwrap();
+        assert_eq!(extents.len(), MAX_EXTENTS);
+        assert_eq!(extents.iter().map(|e| e.length).sum::<u64>(), MAX_EXTENTS as u64 * c);
+    }
+
+    #[test]
+    fn huge_sizes_cost_nothing_until_written() {
+        let m = MemoryBackend::new(u64::MAX);
+        assert!(m.pages.len() as u64 <= MAX_PAGES);
+        let mut buf = [1u8; 4096];
+        m.read_at(&mut buf, u64::MAX - 4096).unwrap();
+        assert_eq!(buf, [0; 4096]);
+        assert_eq!(m.extents(0, u64::MAX).unwrap(), vec![extent(u64::MAX, true)]);
+        m.zero(0, u64::MAX, ZeroFlags::default()).unwrap();
+        assert!(m.read_at(&mut buf, u64::MAX - 10).unwrap_err().kind == ErrorKind::Invalid);
+
+        let pib = 1u64 << 50;
+        let m = MemoryBackend::new(pib);
+        m.write_at(&[9; 4096], pib - 4096, true).unwrap();
+        m.read_at(&mut buf, pib - 4096).unwrap();
+        assert_eq!(buf, [9; 4096]);
+        assert_eq!(m.extents(pib - 2 * c(), 2 * c()).unwrap(), vec![extent(c(), true), extent(c(), false)]);
+    }
+
+    fn c() -> u64 {
+        CHUNK_SIZE as u64
+    }
+
+    #[test]
+    fn out_of_range_is_invalid() {
+        let m = MemoryBackend::new(MIB);
+        let err = m.write_at(&[0; 2], MIB - 1, false).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Invalid);
+        assert_eq!(m.trim(u64::MAX, 2, false).unwrap_err().kind, ErrorKind::Invalid);
+        assert_eq!(m.extents(MIB, 0).unwrap_err().kind, ErrorKind::Invalid);
+        let empty = MemoryBackend::new(0);
+        empty.read_at(&mut [], 0).unwrap();
+    }
+
+    #[test]
+    fn concurrent_random_io() {
+        let size = 64 * MIB;
+        let m = Arc::new(MemoryBackend::new(size));
+        let threads: Vec<_> = (0..8u64)
+            .map(|t| {
+                let m = Arc::clone(&m);
+                std::thread::spawn(move || {
+                    // Each thread owns the 4 KiB blocks congruent to t mod 8, spread over
+                    // every chunk, so threads constantly meet on the same chunks.
+                    let mut x = t + 1;
+                    for _ in 0..4000 {
+                        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                        let block = ((x >> 33) % (size / 4096 / 8)) * 8 + t;
+                        let data = testutil::pattern(t as u8, block * 4096, 4096);
+                        m.write_at(&data, block * 4096, false).unwrap();
+                        let mut back = vec![0; 4096];
+                        m.read_at(&mut back, block * 4096).unwrap();
+                        assert_eq!(back, data);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+    }
+}
