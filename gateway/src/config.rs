@@ -22,12 +22,21 @@ pub const DEFAULT_CONFIG_NAME: &str = "<embedded default config>";
 
 /// A configuration problem, located in its file.
 #[derive(Debug, thiserror::Error)]
-#[error("{file}:{line}:{column}: {message}")]
+#[error("{}", self.render())]
 pub struct ConfigError {
     pub file: String,
     pub line: usize,
     pub column: usize,
     pub message: String,
+}
+
+impl ConfigError {
+    fn render(&self) -> String {
+        match self.line {
+            0 => format!("{}: {}", self.file, self.message),
+            _ => format!("{}:{}:{}: {}", self.file, self.line, self.column, self.message),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -416,3 +416,228 @@ impl Backend for FileBackend {
             .map_err(|e| BackendError::errno(self.ctx(format_args!("fadvise {offset}+{length}")), e))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{testutil, ErrorKind};
+    use proptest::prelude::*;
+
+    const MIB: u64 = 1 << 20;
+    const SIZE: u64 = 256 * 1024 + 777;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn matches_model(ops in testutil::ops(SIZE, 30)) {
+            let dir = tempfile::tempdir().unwrap();
+            let backend = FileBackend::open(&dir.path().join("disk.img"), Some(SIZE), false).unwrap();
+            // Whether a punched range reads back as zeroes is the filesystem's business, so
+            // trimmed bytes are "unspecified" in the model.
+            testutil::check(&backend, &ops, false)?;
+        }
+
+        /// The same on a filesystem without any fallocate support (simulated): trim is a
+        /// no-op, fast zero refuses without changing anything, and zero writes zeroes.
+        #[test]
+        fn matches_model_without_fallocate(ops in testutil::ops(SIZE, 30)) {
+            let dir = tempfile::tempdir().unwrap();
+            let backend = without_fallocate(FileBackend::open(&dir.path().join("disk.img"), Some(SIZE), false).unwrap());
+            testutil::check(&backend, &ops, false)?;
+        }
+
+        /// ... and with hole punching but no ZERO_RANGE (like tmpfs): punch, then reallocate.
+        #[test]
+        fn matches_model_without_zero_range(ops in testutil::ops(SIZE, 30)) {
+            let dir = tempfile::tempdir().unwrap();
+            let backend = FileBackend::open(&dir.path().join("disk.img"), Some(SIZE), false).unwrap();
+            backend.zero_range_ok.store(false, Ordering::Relaxed);
+            testutil::check(&backend, &ops, false)?;
+        }
+    }
+
+    fn without_fallocate(mut f: FileBackend) -> FileBackend {
+        f.punch_probed = false;
+        f.punch_ok.store(false, Ordering::Relaxed);
+        f.zero_range_ok.store(false, Ordering::Relaxed);
+        f
+    }
+
+    #[test]
+    fn fast_zero_without_fallocate_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = without_fallocate(FileBackend::open(&dir.path().join("disk.img"), Some(4 * MIB), false).unwrap());
+        assert!(!f.capabilities().can_fast_zero && !f.capabilities().can_trim);
+        f.write_at(&vec![1; (3 * MIB) as usize], 0, false).unwrap();
+        for may_trim in [false, true] {
+            let err = f.zero(0, 3 * MIB, ZeroFlags { may_trim, fast_only: true, fua: true }).unwrap_err();
+            assert_eq!(err.kind, ErrorKind::NotSupported);
+        }
+        f.trim(0, MIB, true).unwrap();
+        let mut buf = vec![0; (3 * MIB) as usize];
+        f.read_at(&mut buf, 0).unwrap();
+        assert!(buf.iter().all(|&b| b == 1));
+        // The slow path writes zeroes in bounded buffers, across several of them here.
+        f.zero(100, 3 * MIB - 200, ZeroFlags { may_trim: true, fua: true, ..Default::default() }).unwrap();
+        f.read_at(&mut buf, 0).unwrap();
+        assert!(buf[..100].iter().all(|&b| b == 1) && buf[3 * MIB as usize - 100..].iter().all(|&b| b == 1));
+        assert!(buf[100..3 * MIB as usize - 100].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn works_on_tmpfs() {
+        let Ok(dir) = tempfile::tempdir_in("/dev/shm") else {
+            eprintln!("no /dev/shm; skipping");
+            return;
+        };
+        let f = FileBackend::open(&dir.path().join("disk.img"), Some(MIB), false).unwrap();
+        f.write_at(&vec![1; MIB as usize], 0, false).unwrap();
+        f.zero(0, 8192, ZeroFlags { fast_only: true, ..Default::default() }).unwrap();
+        f.trim(8192, 8192, false).unwrap();
+        let mut buf = vec![9; 3 * 8192];
+        f.read_at(&mut buf, 0).unwrap();
+        assert!(buf[..2 * 8192].iter().all(|&b| b == 0) && buf[2 * 8192..].iter().all(|&b| b == 1));
+        // Preallocated but never written space counts as a hole (unwritten extents, or
+        // pages not yet uptodate on tmpfs), which is fine: it reads as zeroes.
+        let extents = f.extents(0, MIB).unwrap();
+        assert_eq!(extents.iter().map(|e| e.length).sum::<u64>(), MIB);
+        assert_eq!(extents.last().map(|e| e.hole), Some(false), "{extents:?}");
+    }
+
+    fn hole(length: u64) -> Extent {
+        Extent { length, hole: true, zero: true }
+    }
+
+    fn data(length: u64) -> Extent {
+        Extent { length, hole: false, zero: false }
+    }
+
+    #[test]
+    fn creates_missing_image_sparse_with_parents() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a/b/disk.img");
+        let f = FileBackend::open(&path, Some(4 * MIB), false).unwrap();
+        assert_eq!(f.size(), 4 * MIB);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 4 * MIB);
+        assert_eq!(f.extents(0, 4 * MIB).unwrap(), vec![hole(4 * MIB)]);
+        // Reopening without a size takes the file's.
+        drop(f);
+        assert_eq!(FileBackend::open(&path, None, true).unwrap().size(), 4 * MIB);
+    }
+
+    #[test]
+    fn refuses_missing_image_without_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("missing.img");
+        let err = FileBackend::open(&path, None, false).err().unwrap();
+        assert!(err.to_string().contains(&path.display().to_string()), "{err}");
+        assert!(!path.exists());
+        let err = FileBackend::open(&path, Some(MIB), true).err().unwrap();
+        assert!(err.to_string().contains("read-only"), "{err}");
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn refuses_size_mismatch_without_touching_the_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk.img");
+        std::fs::write(&path, vec![3u8; 4096]).unwrap();
+        let err = FileBackend::open(&path, Some(MIB), false).err().unwrap();
+        let text = err.to_string();
+        assert!(text.contains(&path.display().to_string()) && text.contains("4096"), "{text}");
+        assert!(text.contains(&MIB.to_string()), "{text}");
+        assert_eq!(std::fs::read(&path).unwrap(), vec![3u8; 4096]);
+        assert_eq!(FileBackend::open(&path, Some(4096), false).unwrap().size(), 4096);
+    }
+
+    #[test]
+    fn refuses_size_zero_and_non_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk.img");
+        assert!(FileBackend::open(&path, Some(0), false).is_err());
+        assert!(!path.exists());
+        std::fs::write(&path, b"").unwrap();
+        assert!(FileBackend::open(&path, None, false).is_err());
+        let err = FileBackend::open(dir.path(), None, true).err().unwrap();
+        assert!(err.to_string().contains("regular file"), "{err}");
+    }
+
+    #[test]
+    fn punch_shows_a_hole() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = FileBackend::open(&dir.path().join("disk.img"), Some(4 * MIB), false).unwrap();
+        f.write_at(&vec![1; (2 * MIB) as usize], 0, false).unwrap();
+        f.write_at(&vec![2; MIB as usize], 2 * MIB, true).unwrap();
+        f.flush().unwrap();
+        assert_eq!(f.extents(0, 4 * MIB).unwrap(), vec![data(3 * MIB), hole(MIB)]);
+        if !f.capabilities().can_trim {
+            eprintln!("filesystem of the temporary directory cannot punch holes; skipping");
+            return;
+        }
+        f.trim(MIB, MIB / 2, true).unwrap();
+        let quarter = MIB / 4;
+        f.zero(2 * MIB + quarter, quarter, ZeroFlags { may_trim: true, fast_only: true, fua: false }).unwrap();
+        assert_eq!(
+            f.extents(0, 4 * MIB).unwrap(),
+            vec![data(MIB), hole(MIB / 2), data(MIB / 2 + quarter), hole(quarter), data(2 * quarter), hole(MIB)]
+        );
+        // Zeroing without may_trim leaves the range allocated or at worst reports it as
+        // unwritten (a hole); it must read as zeroes either way.
+        f.zero(0, 4096, ZeroFlags { fast_only: true, ..Default::default() }).unwrap();
+        let mut buf = vec![9; 8192];
+        f.read_at(&mut buf, 0).unwrap();
+        assert!(buf[..4096].iter().all(|&b| b == 0) && buf[4096..].iter().all(|&b| b == 1));
+        // Requests in the middle of runs are clipped to the request.
+        assert_eq!(f.extents(MIB + 10, 100).unwrap(), vec![hole(100)]);
+        assert_eq!(f.extents(MIB - 10, 20).unwrap(), vec![data(10), hole(10)]);
+    }
+
+    #[test]
+    fn short_file_reads_zeroes_past_its_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk.img");
+        let f = FileBackend::open(&path, Some(MIB), false).unwrap();
+        f.write_at(&[5; 8192], 0, false).unwrap();
+        // Someone truncates the image behind our back.
+        std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(4096).unwrap();
+        let mut buf = vec![9; 8192];
+        f.read_at(&mut buf, 0).unwrap();
+        assert!(buf[..4096].iter().all(|&b| b == 5) && buf[4096..].iter().all(|&b| b == 0));
+        assert_eq!(f.extents(0, MIB).unwrap(), vec![data(4096), hole(MIB - 4096)]);
+        let mut tail = vec![9; 100];
+        f.read_at(&mut tail, MIB - 100).unwrap();
+        assert_eq!(tail, vec![0; 100]);
+    }
+
+    #[test]
+    fn read_only_refuses_mutations() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk.img");
+        std::fs::write(&path, vec![4u8; 8192]).unwrap();
+        let f = FileBackend::open(&path, None, true).unwrap();
+        let mut buf = [0; 16];
+        f.read_at(&mut buf, 100).unwrap();
+        assert_eq!(buf, [4; 16]);
+        assert_eq!(f.write_at(&buf, 0, false).unwrap_err().kind, ErrorKind::ReadOnly);
+        assert_eq!(f.trim(0, 4096, false).unwrap_err().kind, ErrorKind::ReadOnly);
+        assert_eq!(f.zero(0, 4096, ZeroFlags::default()).unwrap_err().kind, ErrorKind::ReadOnly);
+        f.flush().unwrap();
+        f.cache(0, 8192).unwrap();
+        assert!(!f.capabilities().can_trim && !f.capabilities().can_zero);
+        assert_eq!(std::fs::read(&path).unwrap(), vec![4u8; 8192]);
+    }
+
+    #[test]
+    fn extent_count_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let size = 3000 * 8192;
+        let f = FileBackend::open(&dir.path().join("disk.img"), Some(size), false).unwrap();
+        for i in 0..3000 {
+            f.write_at(&[1; 4096], i * 8192, false).unwrap();
+        }
+        let extents = f.extents(0, size).unwrap();
+        assert_eq!(extents.len(), MAX_EXTENTS);
+        assert_eq!(extents.iter().map(|e| e.length).sum::<u64>(), MAX_EXTENTS as u64 * 4096);
+    }
+}
