@@ -102,12 +102,12 @@ ensure_host_tools() {
 
 # --- guest package set -----------------------------------------------------
 
-# Candidate version of a package ("" when apt knows none).
-pkg_candidate() {
-    local v
-    v=$(apt-cache policy "$1" 2>/dev/null | awk '$1 == "Candidate:" {print $2; exit}')
-    [[ $v == "(none)" ]] && v=
-    printf '%s' "$v"
+# candidates PKG...: prints "name version" for each package apt has a
+# candidate for (one apt-cache call: it takes a second or more on a busy host).
+candidates() {
+    apt-cache policy "$@" 2>/dev/null | awk '
+        /^[^ ]/ { pkg = $1; sub(/:$/, "", pkg) }
+        $1 == "Candidate:" && $2 != "(none)" { print pkg, $2 }'
 }
 
 # The versioned kernel package linux-image-amd64 currently points at.
@@ -135,33 +135,42 @@ lib_closure() {
     printf '%s\n' "${!seen[@]}" | sort
 }
 
-# Sets GUEST_PKGS (array of "name=version") or dies.
-resolve_guest_packages() {
-    local kpkg
-    kpkg=${VM_KERNEL_PKG:-$(kernel_pkg_name)}
-    if [[ -z $kpkg || -z $(pkg_candidate busybox-static) ]]; then
-        [[ $(id -u) -eq 0 ]] || die "apt has no package lists (run 'apt-get update' as root)"
-        apt_update_once
-        kpkg=${VM_KERNEL_PKG:-$(kernel_pkg_name)}
-    fi
-    [[ -n $kpkg ]] || die "cannot resolve the kernel package behind linux-image-amd64 (apt-cache depends linux-image-amd64)"
+# pin_versions PKG...: sets GUEST_PKGS to "name=version" for each, or dies.
+pin_versions() {
+    local -A ver=()
     local p v
+    while read -r p v; do ver[$p]=$v; done < <(candidates "$@")
     GUEST_PKGS=()
-    for p in "$kpkg" busybox-static nbd-client e2fsprogs $(lib_closure nbd-client e2fsprogs); do
-        v=$(pkg_candidate "$p")
-        [[ -n $v ]] || die "apt has no candidate version for guest package $p"
-        GUEST_PKGS+=("$p=$v")
+    for p in "$@"; do
+        [[ -n ${ver[$p]:-} ]] || die "apt has no candidate version for guest package $p"
+        GUEST_PKGS+=("$p=${ver[$p]}")
     done
 }
 
-# download_debs DIR: fetch every GUEST_PKGS .deb into DIR unless present.
-# Prints the file names (one per line) in GUEST_PKGS order.
+# Sets GUEST_PKGS to the top-level guest packages: the kernel first, then
+# the userspace ones.  Their versions (not the libraries') key the cache.
+resolve_guest_packages() {
+    local kpkg
+    kpkg=${VM_KERNEL_PKG:-$(kernel_pkg_name)}
+    if [[ -z $kpkg ]]; then
+        [[ $(id -u) -eq 0 ]] || die "apt has no package lists (run 'apt-get update' as root)"
+        apt_update_once
+        kpkg=$(kernel_pkg_name)
+    fi
+    [[ -n $kpkg ]] || die "cannot resolve the kernel package behind linux-image-amd64 (apt-cache depends linux-image-amd64)"
+    pin_versions "$kpkg" busybox-static nbd-client e2fsprogs
+}
+
+# download_debs DIR: fetch every GUEST_PKGS .deb into DIR unless already
+# there, and print their file names (in no particular order).
 download_debs() {
-    local dir=$1 spec uri file size _hash
+    local dir=$1 uri file size _hash spec
+    local -A spec_of=()
+    for spec in "${GUEST_PKGS[@]}"; do spec_of[${spec%%=*}]=$spec; done
     mkdir -p "$dir"
-    for spec in "${GUEST_PKGS[@]}"; do
-        read -r uri file size _hash < <(apt-get download --print-uris "$spec" 2>/dev/null | tail -n1)
-        [[ -n ${file:-} ]] || die "apt-get download --print-uris $spec printed nothing"
+    while read -r uri file size _hash; do
+        spec=${spec_of[${file%%_*}]:-}
+        [[ -n $spec ]] || die "unexpected package file $file from apt-get download --print-uris"
         if [[ ! -f $dir/$file || $(stat -c %s "$dir/$file") != "$size" ]]; then
             log "downloading $spec"
             # APT::Sandbox::User=root: the _apt user cannot write into $dir.
@@ -170,7 +179,7 @@ download_debs() {
             [[ -f $dir/$file ]] || die "apt-get download $spec did not produce $file"
         fi
         printf '%s\n' "$file"
-    done
+    done < <(apt-get download --print-uris "${GUEST_PKGS[@]}" 2>/dev/null)
 }
 
 # --- initramfs ---------------------------------------------------------------
@@ -267,15 +276,23 @@ ensure_guest_image() {
     fi
     log "building guest image (cache key $key)"
     local t0=$SECONDS debs=() f
+    # Add the library packages the programs need, transitively.
+    local top=("${GUEST_PKGS[@]}")
+    pin_versions "${top[@]%%=*}" $(lib_closure nbd-client e2fsprogs)
     mapfile -t debs < <(download_debs "$VM_DIR/debs")
     [[ ${#debs[@]} -eq ${#GUEST_PKGS[@]} ]] || die "package download failed"
     rm -rf "$VM_DIR"/cache/.build.*  # left by an interrupted build (we hold the lock)
     local tmp
     tmp=$(mktemp -d "$VM_DIR/cache/.build.XXXXXX")
     mkdir -p "$tmp/sysroot" "$tmp/kroot"
-    # First .deb is the kernel; the rest form the userspace sysroot.
-    dpkg-deb -x "$VM_DIR/debs/${debs[0]}" "$tmp/kroot"
-    for f in "${debs[@]:1}"; do dpkg-deb -x "$VM_DIR/debs/$f" "$tmp/sysroot"; done
+    # The kernel package goes to kroot, everything else forms the sysroot.
+    for f in "${debs[@]}"; do
+        if [[ $f == linux-image-* ]]; then
+            dpkg-deb -x "$VM_DIR/debs/$f" "$tmp/kroot"
+        else
+            dpkg-deb -x "$VM_DIR/debs/$f" "$tmp/sysroot"
+        fi
+    done
     mkdir -p "$tmp/out"
     build_base_initramfs "$tmp/out" "$tmp/sysroot" "$tmp/kroot"
     {

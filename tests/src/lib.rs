@@ -213,3 +213,196 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
     out.truncate(len);
     out
 }
+
+/// Offset of the first byte where `a` and `b` differ (or where the shorter one ends), so a
+/// failed comparison of megabytes reports one number instead of a dump.
+pub fn first_mismatch(a: &[u8], b: &[u8]) -> Option<usize> {
+    let n = a.len().min(b.len());
+    a[..n].iter().zip(&b[..n]).position(|(x, y)| x != y).or((a.len() != b.len()).then_some(n))
+}
+
+/// Assert two byte strings are equal, reporting the first differing offset.
+#[track_caller]
+pub fn assert_same(what: &str, got: &[u8], want: &[u8]) {
+    if let Some(at) = first_mismatch(got, want) {
+        panic!(
+            "{what}: differs at offset {at} (got {} bytes, want {} bytes; got {:?}, want {:?})",
+            got.len(),
+            want.len(),
+            got.get(at),
+            want.get(at)
+        );
+    }
+}
+
+/// Run `/usr/bin/python3` (the Debian interpreter that has the libnbd bindings; a pyenv
+/// `python3` on PATH may not) with `script` and `args`, bounded by `timeout`.
+pub fn python(script: &str, args: &[&str], timeout: Duration) -> Result<Output> {
+    let py = Path::new("/usr/bin/python3");
+    assert!(py.exists(), "/usr/bin/python3 is missing: install python3-libnbd (scripts/setup)");
+    let mut cmd = Command::new("timeout");
+    cmd.arg("-k").arg("5").arg(timeout.as_secs().max(1).to_string()).arg(py).arg("-c").arg(script).args(args);
+    run(&mut cmd)
+}
+
+/// A minimal NBD client written from the protocol document, for sending exactly the bytes a
+/// test wants (including wrong ones): fixed-newstyle handshake with `NBD_OPT_EXPORT_NAME`,
+/// simple replies only.
+pub mod raw {
+    use std::io::{ErrorKind, Read, Write};
+    use std::net::TcpStream;
+    use std::time::{Duration, Instant};
+
+    use anyhow::{bail, ensure, Context, Result};
+
+    pub const NBDMAGIC: &[u8; 8] = b"NBDMAGIC";
+    pub const IHAVEOPT: u64 = 0x4948_4156_454F_5054;
+    pub const OPT_REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
+    pub const REQUEST_MAGIC: u32 = 0x2560_9513;
+    pub const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
+    pub const OPT_EXPORT_NAME: u32 = 1;
+    pub const OPT_ABORT: u32 = 2;
+    pub const OPT_GO: u32 = 7;
+    pub const REP_ACK: u32 = 1;
+    pub const REP_INFO: u32 = 3;
+    pub const REP_ERR_UNKNOWN: u32 = 0x8000_0006;
+    pub const CMD_READ: u16 = 0;
+    pub const CMD_WRITE: u16 = 1;
+    pub const CMD_DISC: u16 = 2;
+    pub const CMD_FLUSH: u16 = 3;
+    pub const CMD_FLAG_FUA: u16 = 1;
+    pub const EPERM: u32 = 1;
+    pub const EINVAL: u32 = 22;
+    pub const ENOSPC: u32 = 28;
+
+    /// Connect with read/write timeouts, so no test can hang on a silent server.
+    pub fn connect(addr: &str) -> Result<TcpStream> {
+        let s = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        s.set_write_timeout(Some(Duration::from_secs(10)))?;
+        s.set_nodelay(true)?;
+        Ok(s)
+    }
+
+    /// Read the server greeting; returns the handshake flags.
+    pub fn greeting(s: &mut TcpStream) -> Result<u16> {
+        let mut g = [0u8; 18];
+        s.read_exact(&mut g).context("reading greeting")?;
+        ensure!(&g[..8] == NBDMAGIC && g[8..16] == IHAVEOPT.to_be_bytes(), "bad greeting {g:02x?}");
+        Ok(u16::from_be_bytes([g[16], g[17]]))
+    }
+
+    /// Send client flags (FIXED_NEWSTYLE | NO_ZEROES).
+    pub fn client_flags(s: &mut TcpStream) -> Result<()> {
+        s.write_all(&3u32.to_be_bytes())?;
+        Ok(())
+    }
+
+    pub fn option(code: u32, data: &[u8]) -> Vec<u8> {
+        let mut b = Vec::with_capacity(16 + data.len());
+        b.extend_from_slice(&IHAVEOPT.to_be_bytes());
+        b.extend_from_slice(&code.to_be_bytes());
+        b.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        b.extend_from_slice(data);
+        b
+    }
+
+    /// One option reply: (option, reply type, data).
+    pub fn option_reply(s: &mut TcpStream) -> Result<(u32, u32, Vec<u8>)> {
+        let mut h = [0u8; 20];
+        s.read_exact(&mut h).context("reading option reply")?;
+        let magic = u64::from_be_bytes(h[..8].try_into()?);
+        ensure!(magic == OPT_REPLY_MAGIC, "bad option reply magic {magic:#x}");
+        let opt = u32::from_be_bytes(h[8..12].try_into()?);
+        let ty = u32::from_be_bytes(h[12..16].try_into()?);
+        let len = u32::from_be_bytes(h[16..20].try_into()?);
+        ensure!(len <= 1 << 20, "option reply of {len} bytes");
+        let mut data = vec![0u8; len as usize];
+        s.read_exact(&mut data)?;
+        Ok((opt, ty, data))
+    }
+
+    /// Full handshake selecting `export` with NBD_OPT_EXPORT_NAME; returns (size, flags).
+    pub fn handshake(s: &mut TcpStream, export: &str) -> Result<(u64, u16)> {
+        greeting(s)?;
+        client_flags(s)?;
+        s.write_all(&option(OPT_EXPORT_NAME, export.as_bytes()))?;
+        let mut r = [0u8; 10];
+        s.read_exact(&mut r).context("reading EXPORT_NAME reply")?;
+        Ok((u64::from_be_bytes(r[..8].try_into()?), u16::from_be_bytes([r[8], r[9]])))
+    }
+
+    /// Connect and hand-shake in one step.
+    pub fn open(addr: &str, export: &str) -> Result<(TcpStream, u64)> {
+        let mut s = connect(addr)?;
+        let (size, _) = handshake(&mut s, export)?;
+        Ok((s, size))
+    }
+
+    pub fn request(flags: u16, cmd: u16, cookie: u64, offset: u64, length: u32) -> Vec<u8> {
+        let mut b = Vec::with_capacity(28);
+        b.extend_from_slice(&REQUEST_MAGIC.to_be_bytes());
+        b.extend_from_slice(&flags.to_be_bytes());
+        b.extend_from_slice(&cmd.to_be_bytes());
+        b.extend_from_slice(&cookie.to_be_bytes());
+        b.extend_from_slice(&offset.to_be_bytes());
+        b.extend_from_slice(&length.to_be_bytes());
+        b
+    }
+
+    /// A simple reply: (error, cookie).
+    pub fn simple_reply(s: &mut TcpStream) -> Result<(u32, u64)> {
+        let mut r = [0u8; 16];
+        s.read_exact(&mut r).context("reading simple reply")?;
+        let magic = u32::from_be_bytes(r[..4].try_into()?);
+        ensure!(magic == SIMPLE_REPLY_MAGIC, "bad reply magic {magic:#x}");
+        Ok((u32::from_be_bytes(r[4..8].try_into()?), u64::from_be_bytes(r[8..].try_into()?)))
+    }
+
+    /// Write `data` at `offset`; returns the reply's error.
+    pub fn write(s: &mut TcpStream, cookie: u64, offset: u64, data: &[u8]) -> Result<u32> {
+        let mut b = request(0, CMD_WRITE, cookie, offset, data.len() as u32);
+        b.extend_from_slice(data);
+        s.write_all(&b)?;
+        let (err, c) = simple_reply(s)?;
+        ensure!(c == cookie, "reply cookie {c} for request {cookie}");
+        Ok(err)
+    }
+
+    /// Read `len` bytes at `offset`; the data, or the reply's error.
+    pub fn read(s: &mut TcpStream, cookie: u64, offset: u64, len: u32) -> Result<std::result::Result<Vec<u8>, u32>> {
+        s.write_all(&request(0, CMD_READ, cookie, offset, len))?;
+        let (err, c) = simple_reply(s)?;
+        ensure!(c == cookie, "reply cookie {c} for request {cookie}");
+        if err != 0 {
+            return Ok(Err(err));
+        }
+        let mut data = vec![0u8; len as usize];
+        s.read_exact(&mut data)?;
+        Ok(Ok(data))
+    }
+
+    /// Wait until the server closes the connection: reads (discarding anything it still
+    /// sends, at most 64 MiB) until EOF or a reset. Fails if it is still open at `timeout`.
+    pub fn expect_closed(s: &mut TcpStream, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        s.set_read_timeout(Some(Duration::from_millis(200)))?;
+        let mut buf = vec![0u8; 65536];
+        let mut total = 0usize;
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(n) => {
+                    total += n;
+                    ensure!(total <= 64 << 20, "server keeps sending ({total} bytes) instead of closing");
+                }
+                Err(e) if matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::BrokenPipe) => return Ok(()),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(e) => return Err(e).context("waiting for the server to close"),
+            }
+            if Instant::now() > deadline {
+                bail!("the server did not close the connection within {timeout:?} (read {total} bytes)");
+            }
+        }
+    }
+}

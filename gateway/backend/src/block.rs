@@ -347,3 +347,125 @@ impl Backend for BlockBackend {
             .map_err(|e| BackendError::errno(self.ctx(format_args!("fadvise {offset}+{length}")), e))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ErrorKind;
+    use std::process::Command;
+
+    const MIB: u64 = 1 << 20;
+
+    /// A loop device over a sparse file, detached on drop.
+    struct Loop {
+        device: PathBuf,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Loop {
+        fn attach(size: u64) -> Option<Loop> {
+            let dir = tempfile::tempdir().unwrap();
+            let image = dir.path().join("disk.img");
+            File::create(&image).unwrap().set_len(size).unwrap();
+            let out = match Command::new("losetup").arg("--find").arg("--show").arg(&image).output() {
+                Ok(out) => out,
+                Err(e) => {
+                    eprintln!("skipping: cannot run losetup: {e}");
+                    return None;
+                }
+            };
+            if !out.status.success() {
+                eprintln!("skipping: losetup failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+                return None;
+            }
+            let device = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+            Some(Loop { device, _dir: dir })
+        }
+    }
+
+    impl Drop for Loop {
+        fn drop(&mut self) {
+            match Command::new("losetup").arg("-d").arg(&self.device).status() {
+                Ok(status) if status.success() => {}
+                other => eprintln!("losetup -d {} failed: {other:?}", self.device.display()),
+            }
+        }
+    }
+
+    fn read(b: &BlockBackend, offset: u64, length: usize) -> Vec<u8> {
+        let mut buf = vec![0xa5; length];
+        b.read_at(&mut buf, offset).unwrap();
+        buf
+    }
+
+    #[test]
+    fn loop_device() {
+        let Some(dev) = Loop::attach(64 * MIB) else { return };
+        let b = BlockBackend::open(&dev.device, false).unwrap();
+        assert_eq!(b.size(), 64 * MIB);
+        assert_eq!(b.kind(), "block");
+        let caps = b.capabilities();
+        eprintln!("{}: block size {}, {caps:?}", dev.device.display(), b.block);
+        assert!(caps.can_zero && caps.native_fua && caps.can_multi_conn && !caps.can_extents);
+
+        b.write_at(&vec![1; 4 * MIB as usize], 0, false).unwrap();
+        b.write_at(&[2; 100], 4 * MIB - 50, true).unwrap();
+        b.flush().unwrap();
+        assert_eq!(read(&b, 4 * MIB - 60, 10), vec![1; 10]);
+        assert_eq!(read(&b, 4 * MIB - 50, 100), vec![2; 100]);
+        assert_eq!(b.extents(MIB, 10).unwrap(), vec![Extent { length: 10, hole: false, zero: false }]);
+        b.cache(0, MIB).unwrap();
+
+        // Slow zero, with unaligned edges written and the middle zeroed out.
+        b.zero(100, MIB, ZeroFlags { fua: true, ..Default::default() }).unwrap();
+        let got = read(&b, 0, 2 * MIB as usize);
+        assert!(got[..100].iter().all(|&v| v == 1));
+        assert!(got[100..MIB as usize + 100].iter().all(|&v| v == 0));
+        assert!(got[MIB as usize + 100..].iter().all(|&v| v == 1));
+        // Entirely inside one block.
+        b.zero(2 * MIB + 3, 10, ZeroFlags::default()).unwrap();
+        assert_eq!(read(&b, 2 * MIB, 16), [&[1u8; 3][..], &[0; 10], &[1; 3]].concat());
+
+        // Fast zero: done by the device or refused with the contents intact.
+        b.write_at(&vec![3; MIB as usize], 2 * MIB, false).unwrap();
+        let fast = ZeroFlags { fast_only: true, ..Default::default() };
+        match b.zero(2 * MIB, MIB, fast) {
+            Ok(()) => assert_eq!(read(&b, 2 * MIB, MIB as usize), vec![0; MIB as usize]),
+            Err(e) => {
+                assert_eq!(e.kind, ErrorKind::NotSupported, "{e}");
+                eprintln!("fast zero refused: {e}");
+                assert_eq!(read(&b, 2 * MIB, MIB as usize), vec![3; MIB as usize]);
+            }
+        }
+        let err = b.zero(2 * MIB + 1, 4096, fast).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::NotSupported);
+
+        // Trim: contents afterwards are unspecified, but the bytes outside stay.
+        b.write_at(&vec![4; 2 * MIB as usize], 8 * MIB, false).unwrap();
+        b.trim(8 * MIB + 10, MIB, true).unwrap();
+        assert_eq!(read(&b, 8 * MIB, 10), vec![4; 10]);
+        assert_eq!(read(&b, 9 * MIB + 10, 100), vec![4; 100]);
+        b.trim(0, 10, false).unwrap();
+
+        assert_eq!(b.write_at(&[0; 2], 64 * MIB - 1, false).unwrap_err().kind, ErrorKind::Invalid);
+        drop(b);
+
+        let ro = BlockBackend::open(&dev.device, true).unwrap();
+        assert_eq!(read(&ro, 0, 100), vec![1; 100]);
+        assert_eq!(ro.write_at(&[0; 1], 0, false).unwrap_err().kind, ErrorKind::ReadOnly);
+        assert_eq!(ro.trim(0, 4096, false).unwrap_err().kind, ErrorKind::ReadOnly);
+        assert_eq!(ro.zero(0, 4096, ZeroFlags::default()).unwrap_err().kind, ErrorKind::ReadOnly);
+    }
+
+    #[test]
+    fn refuses_non_devices() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk.img");
+        File::create(&path).unwrap().set_len(MIB).unwrap();
+        let err = BlockBackend::open(&path, false).err().unwrap();
+        assert!(err.to_string().contains("not a block device"), "{err}");
+        assert!(err.to_string().contains(&path.display().to_string()), "{err}");
+        assert!(BlockBackend::open(Path::new("/dev/null"), true).is_err());
+        assert!(BlockBackend::open(&dir.path().join("missing"), true).is_err());
+    }
+}

@@ -3,7 +3,7 @@
 //! The export is cut into 64 KiB chunks, each behind its own reader-writer lock and allocated
 //! on first write, so concurrent small random I/Os from many threads rarely meet on a lock and
 //! untouched space costs almost nothing. The chunk table itself is two-level: the top level
-//! (at most [`MAX_PAGES`] slots) is allocated up front and each page of chunk slots only when
+//! (at most 65536 slots) is allocated up front and each page of chunk slots only when
 //! something is first written there. This keeps `new` cheap and infallible for any size, even
 //! `u64::MAX`; when memory really runs out, writes fail with [`ErrorKind::NoSpace`] instead of
 //! aborting the process.
@@ -22,7 +22,7 @@ const CHUNK_SIZE: usize = 1 << CHUNK_SHIFT;
 const CHUNK_MASK: u64 = (1 << CHUNK_SHIFT) - 1;
 /// Smallest page of chunk slots: 1024 slots (16 KiB of table) cover 64 MiB of export.
 const MIN_PAGE_SHIFT: u32 = 10;
-/// Upper bound on the top-level table, so that its up-front cost stays around 1 MiB whatever
+/// Upper bound on the top-level table, so that its up-front cost stays under 2 MiB whatever
 /// the size; huge exports get proportionally bigger pages instead.
 const MAX_PAGES: u64 = 1 << 16;
 /// Bound on the extents returned by one call (the caller asks again from where we stopped).
@@ -55,7 +55,7 @@ impl MemoryBackend {
         self.size.div_ceil(CHUNK_SIZE as u64)
     }
 
-    /// Bytes of export covered by one page.
+    /// log2 of the bytes of export covered by one page.
     fn page_bytes_shift(&self) -> u32 {
         self.page_shift + CHUNK_SHIFT
     }
