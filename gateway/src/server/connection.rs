@@ -75,10 +75,9 @@ where
     reader.read_exact(&mut head).await?;
     let (flags, _) = parse_client_flags(&head)?.ok_or(ConnError::Refused("short client flags".into()))?;
     let mut neg = Negotiation::new(catalog, flags.no_zeroes);
-    let mut frame = Vec::new();
     loop {
         // Header first (16 bytes), then exactly the payload it announces.
-        frame.resize(16, 0);
+        let mut frame = vec![0u8; 16];
         reader.read_exact(&mut frame).await?;
         let need = match parse_option(&frame) {
             Ok(Some(_)) => 0,

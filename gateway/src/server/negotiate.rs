@@ -97,7 +97,7 @@ impl<C: Catalog> Negotiation<C> {
             Ok(r) => r,
             Err(e) if code == OPT_EXPORT_NAME => return Verdict::Close(format!("EXPORT_NAME: {e}")),
             Err(e) => {
-                encode_error_reply(out, code, REP_ERR_INVALID, &e.0.to_string());
+                encode_error_reply(out, code, REP_ERR_INVALID, e.0);
                 return Verdict::Continue;
             }
         };
