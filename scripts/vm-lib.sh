@@ -29,6 +29,16 @@ VM_PROGRAMS=(nbd-client:sbin/nbd-client e2fsprogs:sbin/mke2fs e2fsprogs:sbin/e2f
 log() { printf 'vm-test: %s\n' "$*" >&2; }
 die() { printf 'vm-test: ERROR: %s\n' "$*" >&2; exit 2; }
 
+# port_in_use PORT: something listens on it.  ss avoids connecting (a probe
+# connection would show up as a failed handshake in the server's log).
+port_in_use() {
+    if command -v ss >/dev/null; then
+        [[ -n $(ss -Hltn "sport = :$1") ]]
+    else
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+    fi
+}
+
 # --- host tools ------------------------------------------------------------
 
 apt_updated=

@@ -323,7 +323,7 @@ mod tests {
         let tasks: Vec<_> = (0..32u64)
             .map(|i| {
                 let v = v.clone();
-                tokio::spawn(async move { v.write(Bytes::from(vec![i as u8; 512]), i * 512, false).await })
+                tokio::spawn(async move { v.write(Bytes::from(vec![i as u8; 512]), 65536 + i * 512, false).await })
             })
             .collect();
         for t in tasks {
