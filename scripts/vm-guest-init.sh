@@ -1,4 +1,5 @@
 #!/bin/sh
+# shellcheck disable=SC2317  # functions are called through run()
 # /init of the scripts/vm-test guest: runs as PID 1 under busybox sh.
 #
 # Connection 1 (/dev/nbd0): mke2fs -t ext4, mount, write files, record their
@@ -22,7 +23,7 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t tmpfs tmpfs /tmp
 
-TOKEN=unset
+TOKEN='unset'
 # shellcheck source=/dev/null
 . /vmtest.conf  # EXPORT TOKEN SERVER_IP SERVER_PORT BLOCK_SIZE MIN_SIZE DATA_MIB SMALL_FILES
 
@@ -38,7 +39,7 @@ halt_vm() {
 fail() {
     echo "VMTEST: RESULT FAIL $TOKEN: $*"
     echo "--- last kernel messages ---"
-    dmesg | tail -n 30
+    dmesg | tail -n 20
     halt_vm
 }
 
@@ -46,14 +47,14 @@ fail() {
 run() {
     desc=$1
     shift
-    say "step: $desc"
+    say "step: $desc [t=$(cut -d' ' -f1 /proc/uptime)s]"
     "$@" || fail "$desc (exit status $?)"
 }
 
 load_modules() {
-    for m in $(cat /lib/modules/order); do
+    while read -r m; do
         insmod "/lib/modules/$m.ko" || return 1
-    done
+    done </lib/modules/order
 }
 
 net_up() {
@@ -149,6 +150,7 @@ main() {
     run "unmount /dev/nbd1" umount /mnt
     run "disconnect /dev/nbd1" disconnect /dev/nbd1
 
+    say "all steps done [t=$(cut -d' ' -f1 /proc/uptime)s]"
     echo "VMTEST: RESULT PASS $TOKEN"
     halt_vm
 }

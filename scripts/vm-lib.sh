@@ -53,7 +53,7 @@ apt_update_once() {
 ensure_host_tools() {
     local want_verify=${1:-}
     local -A need=()  # package -> 1
-    local cmd pkg
+    local cmd
     local -A pkg_of=(
         [socat]=socat [cpio]=cpio [gzip]=gzip [timeout]=coreutils
         [dpkg-deb]=dpkg [apt-get]=apt [ldd]=libc-bin [flock]=util-linux
@@ -174,11 +174,11 @@ resolve_guest_packages() {
 # download_debs DIR: fetch every GUEST_PKGS .deb into DIR unless already
 # there, and print their file names (in no particular order).
 download_debs() {
-    local dir=$1 uri file size _hash spec
+    local dir=$1 _uri file size _hash spec
     local -A spec_of=()
     for spec in "${GUEST_PKGS[@]}"; do spec_of[${spec%%=*}]=$spec; done
     mkdir -p "$dir"
-    while read -r uri file size _hash; do
+    while read -r _uri file size _hash; do
         spec=${spec_of[${file%%_*}]:-}
         [[ -n $spec ]] || die "unexpected package file $file from apt-get download --print-uris"
         if [[ ! -f $dir/$file || $(stat -c %s "$dir/$file") != "$size" ]]; then
@@ -287,8 +287,9 @@ ensure_guest_image() {
     log "building guest image (cache key $key)"
     local t0=$SECONDS debs=() f
     # Add the library packages the programs need, transitively.
-    local top=("${GUEST_PKGS[@]}")
-    pin_versions "${top[@]%%=*}" $(lib_closure nbd-client e2fsprogs)
+    local top=("${GUEST_PKGS[@]}") libs=()
+    mapfile -t libs < <(lib_closure nbd-client e2fsprogs)
+    pin_versions "${top[@]%%=*}" "${libs[@]}"
     mapfile -t debs < <(download_debs "$VM_DIR/debs")
     [[ ${#debs[@]} -eq ${#GUEST_PKGS[@]} ]] || die "package download failed"
     rm -rf "$VM_DIR"/cache/.build.*  # left by an interrupted build (we hold the lock)
@@ -338,15 +339,15 @@ sq() { printf "'%s'" "${1//\'/\'\\\'\'}"; }
 
 # run_vm INITRD LOG PORT TIMEOUT: boots the guest with its NBD traffic to
 # 10.0.2.100:10809 relayed to 127.0.0.1:PORT, one socat per guest connection.
-# Console output goes to LOG; lines containing "VMTEST: " are echoed live.
-# Returns qemu's (or timeout's) exit status.
+# Console output goes to LOG; lines starting "VMTEST: " are echoed live.
+# Returns qemu's (or timeout's: 124) exit status.  VM_PID is the timeout
+# process while it runs, for the caller's cleanup.
+VM_PID=
 run_vm() {
     local initrd=$1 logf=$2 port=$3 limit=$4
-    local accel=tcg
-    [[ -n ${VM_ACCEL:-} ]] && accel=$VM_ACCEL
     local -a cmd=(
         timeout --kill-after=10 "$limit"
-        qemu-system-x86_64 -accel "$accel" -m 512 -smp 1
+        qemu-system-x86_64 -accel "${VM_ACCEL:-tcg}" -m 512 -smp 1
         -display none -monitor none -serial stdio -no-reboot
         -kernel "$VM_KERNEL" -initrd "$initrd"
         -append "console=ttyS0 quiet panic=-1"
@@ -354,10 +355,14 @@ run_vm() {
         -device "e1000,netdev=n0,romfile="
     )
     { printf '+'; printf ' %q' "${cmd[@]}"; printf '\n'; } >"$logf"
-    local rc
-    set +e
-    "${cmd[@]}" </dev/null 2>&1 | tee -a "$logf" | sed -un 's/\r$//; /^VMTEST: /p' >&2
-    rc=${PIPESTATUS[0]}
-    set -e
+    "${cmd[@]}" </dev/null >>"$logf" 2>&1 &
+    VM_PID=$!
+    # Follow the log until the VM process is gone (tail then prints the rest).
+    # Both run in the background: `wait` lets the caller's signal traps run.
+    tail -n +2 -f --pid="$VM_PID" "$logf" | sed -un 's/\r$//; /^VMTEST: /p' >&2 &
+    local follower=$! rc=0
+    wait "$VM_PID" || rc=$?
+    VM_PID=
+    wait "$follower" || true
     return "$rc"
 }

@@ -7,15 +7,19 @@ use std::process::Command;
 use gateway_tests::{require_tool, run, Gateway};
 
 fn fio(uri: &str, name: &str, extra: &[&str]) -> String {
+    // fio may leave verify state files in its working directory.
+    let cwd = tempfile::tempdir().unwrap();
     let out = run(Command::new("timeout")
+        .current_dir(cwd.path())
         .args(["120", "fio", "--name", name, "--ioengine=nbd"])
         .arg(format!("--uri={uri}"))
         .args(["--bs=4k", "--iodepth=32", "--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--runtime=60"])
-        .args(["--exitall_on_error=1", "--continue_on_error=none"])
+        .args(["--exitall_on_error=1", "--continue_on_error=none", "--verify_state_save=0"])
         .args(extra))
     .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let errs: Vec<&str> = text.split("err=").skip(1).map(|s| s.trim_start().split([' ', ':', ',']).next().unwrap_or("")).collect();
+    let errs: Vec<&str> =
+        text.split("err=").skip(1).map(|s| s.trim_start().split([' ', ':', ',']).next().unwrap_or("")).collect();
     assert!(!errs.is_empty(), "no `err=` in fio output:\n{text}");
     assert!(errs.iter().all(|e| *e == "0"), "fio reported errors {errs:?}:\n{text}");
     assert!(!text.contains("verify:") && !text.contains("bad magic"), "verify failure:\n{text}");

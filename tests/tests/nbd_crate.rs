@@ -113,7 +113,7 @@ fn nbd_crate_round_trips_on_memory_and_file_exports() {
 
 #[test]
 fn nbd_crate_unknown_export_name_is_refused() {
-    let g = Gateway::start(&config()).unwrap();
+    let g = Gateway::start(&gateway_tests::one_export("mem", "1MiB", "type = \"memory\"")).unwrap();
     let mut s = stream(&g);
     // NBD_OPT_EXPORT_NAME has no error reply: the server must close the connection.
     let err = handshake(&mut s, b"no-such-export").unwrap_err();

@@ -17,7 +17,8 @@ fn copy(from: &str, to: &str) {
 #[test]
 fn nbdcopy_round_trip_file_and_memory() {
     require_tool("nbdcopy");
-    let cfg = "[[export]]\nname = \"disk\"\nsize = \"64MiB\"\n[export.backend]\ntype = \"file\"\npath = \"disk.img\"\n\n\
+    let cfg =
+        "[[export]]\nname = \"disk\"\nsize = \"64MiB\"\n[export.backend]\ntype = \"file\"\npath = \"disk.img\"\n\n\
                [[export]]\nname = \"mem\"\nsize = \"64MiB\"\n[export.backend]\ntype = \"memory\"\n";
     let g = Gateway::start(cfg).unwrap();
     let dir = tempfile::tempdir().unwrap();

@@ -103,7 +103,11 @@ fn nbdinfo_list_shows_every_export() {
             )
         })
         .collect();
-    let want = [("mem", "scratch in RAM", 64u64 << 20), ("disk", "a sparse file", 32 << 20), ("golden", "read-only image", 16 << 20)];
+    let want = [
+        ("mem", "scratch in RAM", 64u64 << 20),
+        ("disk", "a sparse file", 32 << 20),
+        ("golden", "read-only image", 16 << 20),
+    ];
     let want: Vec<(String, String, u64)> = want.iter().map(|(n, d, s)| (n.to_string(), d.to_string(), *s)).collect();
     assert_eq!(got, want, "{v}");
 

@@ -95,8 +95,16 @@ fn kill9_after_fua_write_keeps_data() {
     let dir = tempfile::tempdir().unwrap();
     let mut g = Gateway::start_in(dir.path(), &config()).unwrap();
     let uri = g.uri("vol");
-    run(Command::new("qemu-io").args(["-f", "raw", &uri, "-c", "write -f -P 0x5c 3M 2M", "-c", "write -f -P 0xc5 31M 1M"]))
-        .unwrap();
+    run(Command::new("qemu-io").args([
+        "-f",
+        "raw",
+        &uri,
+        "-c",
+        "write -f -P 0x5c 3M 2M",
+        "-c",
+        "write -f -P 0xc5 31M 1M",
+    ]))
+    .unwrap();
     g.kill9();
     g.restart().unwrap();
     let out = run(Command::new("qemu-io").args([

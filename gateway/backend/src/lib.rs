@@ -150,3 +150,38 @@ pub fn open(spec: &BackendSpec, read_only: bool) -> Result<Arc<dyn Backend>> {
         BackendSpec::Memory { size } => Arc::new(memory::MemoryBackend::new(*size)),
     })
 }
+
+/// A shared backend is a backend: lets `Arc<dyn Backend>` stand wherever a `Backend` is
+/// expected (the plugin SDK exports the layer below a filter this way).
+impl<B: Backend + ?Sized> Backend for Arc<B> {
+    fn kind(&self) -> &'static str {
+        (**self).kind()
+    }
+    fn size(&self) -> u64 {
+        (**self).size()
+    }
+    fn capabilities(&self) -> Capabilities {
+        (**self).capabilities()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        (**self).read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> Result<()> {
+        (**self).write_at(buf, offset, fua)
+    }
+    fn flush(&self) -> Result<()> {
+        (**self).flush()
+    }
+    fn trim(&self, offset: u64, length: u64, fua: bool) -> Result<()> {
+        (**self).trim(offset, length, fua)
+    }
+    fn zero(&self, offset: u64, length: u64, flags: ZeroFlags) -> Result<()> {
+        (**self).zero(offset, length, flags)
+    }
+    fn extents(&self, offset: u64, length: u64) -> Result<Vec<Extent>> {
+        (**self).extents(offset, length)
+    }
+    fn cache(&self, offset: u64, length: u64) -> Result<()> {
+        (**self).cache(offset, length)
+    }
+}

@@ -1,0 +1,293 @@
+//! Recovery policies across the ABI: pure state machines, `on_event(event) -> actions`.
+//!
+//! A policy does no I/O of its own: the host (or the deterministic simulator) feeds it
+//! events and carries out the actions it returns, so the same code runs in production and in
+//! simulation. Events and actions cross the ABI as JSON documents (one per event, one per
+//! action) so that new event and action types can be added without a new table layout: a
+//! policy that does not know an event sees [`Event::Unknown`] and may ignore it; a host that
+//! does not know an action logs it and carries on.
+
+use std::ffi::c_void;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+use crate::abi::*;
+use crate::backend::libc_errno;
+use crate::{panic_message, Host};
+
+/// Something that happened, as a policy sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    /// This node started; `role` is e.g. "server" or "controller".
+    Started {
+        node: String,
+        role: String,
+    },
+    /// This node is stopping with a shutdown mode ("normal", "expedite", "immediate", "force").
+    Stopping {
+        mode: String,
+    },
+    /// A peer server or controller became reachable or unreachable.
+    PeerUp {
+        peer: String,
+    },
+    PeerDown {
+        peer: String,
+        reason: String,
+    },
+    ControllerUp {
+        controller: String,
+    },
+    ControllerDown {
+        controller: String,
+    },
+    /// A replication error on a volume set (code as reported by the link or the peer).
+    ReplicationError {
+        volume_set: String,
+        code: i32,
+        message: String,
+    },
+    /// A line of the running log, for trigger matching.
+    LogLine {
+        text: String,
+    },
+    /// An operator or cluster-manager command with its arguments.
+    Admin {
+        command: String,
+        args: serde_json::Value,
+    },
+    /// Time passed (milliseconds since the node started).
+    Tick {
+        now_ms: u64,
+    },
+    /// An event this SDK version does not know, passed through as it came.
+    #[serde(skip)]
+    Unknown(serde_json::Value),
+}
+
+/// Something a policy asks the host to do.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Action {
+    GoOnline {
+        target: String,
+    },
+    GoOffline {
+        target: String,
+        reason: String,
+    },
+    Vote {
+        election: String,
+        candidate: String,
+        yes: bool,
+    },
+    Warmstart {
+        target: String,
+        reason: String,
+    },
+    SetVolumeSetState {
+        volume_set: String,
+        state: String,
+    },
+    CaptureBundle {
+        reason: String,
+    },
+    Log {
+        level: String,
+        message: String,
+    },
+    /// An action this SDK version does not know, passed through as it came.
+    #[serde(skip)]
+    Unknown(serde_json::Value),
+}
+
+impl Event {
+    /// Parse an event, keeping unknown types as [`Event::Unknown`] instead of failing.
+    pub fn from_json(text: &str) -> Result<Event, String> {
+        let v: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("event is not JSON: {e}"))?;
+        Ok(serde_json::from_value(v.clone()).unwrap_or(Event::Unknown(v)))
+    }
+
+    pub fn to_json(&self) -> String {
+        match self {
+            Event::Unknown(v) => v.to_string(),
+            e => serde_json::to_string(e).unwrap_or_default(),
+        }
+    }
+}
+
+impl Action {
+    pub fn from_json(text: &str) -> Result<Action, String> {
+        let v: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("action is not JSON: {e}"))?;
+        Ok(serde_json::from_value(v.clone()).unwrap_or(Action::Unknown(v)))
+    }
+
+    pub fn to_json(&self) -> String {
+        match self {
+            Action::Unknown(v) => v.to_string(),
+            a => serde_json::to_string(a).unwrap_or_default(),
+        }
+    }
+}
+
+/// A recovery policy plugin: a pure state machine.
+///
+/// Threading: the host calls `on_event` for one instance from one thread at a time (it holds
+/// a lock), so `&mut self` is safe. No I/O: everything the policy wants done is an action.
+pub trait RecoveryPolicy: Send + Sized + 'static {
+    fn open(host: &Host, config: &serde_json::Value) -> Result<Self, String>;
+    fn on_event(&mut self, event: &Event) -> Vec<Action>;
+}
+
+struct Instance<P> {
+    inner: std::sync::Mutex<P>,
+    failed: AtomicBool,
+}
+
+unsafe extern "C" fn open_shim<P: RecoveryPolicy>(
+    host: *const GwHostApi,
+    config: GwStr,
+    _next: *const GwBackendHandle,
+    out: *mut GwInstance,
+    err: *mut GwError,
+) -> i32 {
+    // SAFETY: forwarded ABI arguments.
+    unsafe {
+        crate::open_instance(host, config, out, err, |h, c| {
+            P::open(h, c).map(|p| Instance { inner: std::sync::Mutex::new(p), failed: AtomicBool::new(false) })
+        })
+    }
+}
+
+unsafe extern "C" fn close_shim<P>(i: GwInstance) {
+    if !i.is_null() {
+        // SAFETY: produced by Box::into_raw in open; closed once by the host.
+        let b = unsafe { Box::from_raw(i as *mut Instance<P>) };
+        let _ = catch_unwind(AssertUnwindSafe(move || drop(b)));
+    }
+}
+
+unsafe extern "C" fn on_event_shim<P: RecoveryPolicy>(
+    i: GwInstance,
+    event: GwStr,
+    sink: GwSink,
+    err: *mut GwError,
+) -> i32 {
+    // SAFETY: the host passes its instance and an event string for this call.
+    let (s, text) = unsafe { (&*(i as *const Instance<P>), event.as_str()) };
+    let set_err = |m: &str| {
+        if !err.is_null() {
+            // SAFETY: the host's error buffer for this call.
+            unsafe { (*err).set(m) }
+        }
+    };
+    let event = match Event::from_json(text) {
+        Ok(e) => e,
+        Err(m) => {
+            set_err(&m);
+            return libc_errno::EINVAL;
+        }
+    };
+    let (false, Ok(mut policy)) = (s.failed.load(Ordering::Acquire), s.inner.lock()) else {
+        set_err("policy failed earlier (it panicked) and accepts no more events");
+        return libc_errno::EIO;
+    };
+    match catch_unwind(AssertUnwindSafe(|| policy.on_event(&event))) {
+        Ok(actions) => {
+            if let Some(emit) = sink.emit {
+                for a in actions {
+                    let json = a.to_json();
+                    // SAFETY: the host's sink with its context, valid for this call.
+                    unsafe { emit(sink.ctx, GwStr::new(&json)) };
+                }
+            }
+            GW_OK
+        }
+        Err(p) => {
+            s.failed.store(true, Ordering::Release);
+            set_err(&format!("panicked: {}", panic_message(&p)));
+            GW_EPANIC
+        }
+    }
+}
+
+/// The table a recovery policy plugin exports.
+pub const fn policy_vtable<P: RecoveryPolicy>() -> GwPolicyVtable {
+    GwPolicyVtable {
+        struct_size: std::mem::size_of::<GwPolicyVtable>(),
+        open: Some(open_shim::<P>),
+        close: Some(close_shim::<P>),
+        on_event: Some(on_event_shim::<P>),
+    }
+}
+
+unsafe extern "C" fn collect(ctx: *mut c_void, json: GwStr) {
+    // SAFETY: ctx is the Vec<String> ImportedPolicy::on_event passed, alive for the call.
+    let out = unsafe { &mut *(ctx as *mut Vec<String>) };
+    // SAFETY: the plugin passes a string valid for this call.
+    out.push(unsafe { json.as_str() }.to_owned());
+}
+
+/// A recovery policy on the other side of the ABI, as the host (or the simulator) uses it.
+pub struct ImportedPolicy {
+    vt: GwPolicyVtable,
+    instance: GwInstance,
+    name: String,
+    failed: bool,
+}
+
+// SAFETY: on_event is serialised by `&mut self`; the plugin may be called from any thread.
+unsafe impl Send for ImportedPolicy {}
+
+impl ImportedPolicy {
+    /// # Safety
+    /// `instance` must come from `vt.open` and stay owned by the returned value.
+    pub unsafe fn new(vt: GwPolicyVtable, instance: GwInstance, name: String) -> Result<Self, String> {
+        if vt.on_event.is_none() {
+            return Err(format!("{name}: required entry missing: on_event"));
+        }
+        Ok(Self { vt, instance, name, failed: false })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn failed(&self) -> bool {
+        self.failed
+    }
+
+    /// Feed one event; returns the policy's actions, or why it could not answer.
+    pub fn on_event(&mut self, event: &Event) -> Result<Vec<Action>, String> {
+        if self.failed {
+            return Err(format!("{}: policy failed earlier", self.name));
+        }
+        let Some(f) = self.vt.on_event else { return Err("no on_event entry".into()) };
+        let json = event.to_json();
+        let mut out: Vec<String> = Vec::new();
+        let sink = GwSink { ctx: &mut out as *mut Vec<String> as *mut c_void, emit: Some(collect) };
+        let mut err = GwError::default();
+        // SAFETY: valid entry and instance; `json`, `out` and `err` live across the call.
+        let code = unsafe { f(self.instance, GwStr::new(&json), sink, &mut err) };
+        if code == GW_EPANIC {
+            self.failed = true;
+            return Err(format!("{}: policy {}; instance marked failed", self.name, err.message()));
+        }
+        if code != GW_OK {
+            return Err(format!("{}: on_event failed ({code}): {}", self.name, err.message()));
+        }
+        out.iter().map(|j| Action::from_json(j)).collect()
+    }
+}
+
+impl Drop for ImportedPolicy {
+    fn drop(&mut self) {
+        if let Some(close) = self.vt.close {
+            // SAFETY: we own the instance; closed exactly once.
+            unsafe { close(self.instance) };
+        }
+    }
+}
