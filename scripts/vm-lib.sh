@@ -123,7 +123,7 @@ candidates() {
 # The versioned kernel package linux-image-amd64 currently points at.
 kernel_pkg_name() {
     apt-cache depends linux-image-amd64 2>/dev/null \
-        | awk '$1 == "Depends:" && $2 ~ /^linux-image-[0-9]/ {print $2; exit}'
+        | awk '$1 == "Depends:" && $2 ~ /^linux-image-[0-9]/ && !found {print $2; found = 1}'
 }
 
 # Library packages (lib*, except libc6 which comes from the host with the

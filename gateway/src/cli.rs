@@ -3,15 +3,15 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
+use crate::assemble;
 use crate::config::{Config, DEFAULT_CONFIG, DEFAULT_CONFIG_NAME, DEFAULT_DATA_DIR};
 use crate::server::{self, Exports, Listen};
-use crate::volume::Volume;
+use gateway_sdk::Event;
 
 #[derive(Parser)]
 #[command(name = "gateway", version, about = "Storage gateway: volumes over NBD on pluggable backends")]
@@ -96,13 +96,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let data_dir = args.data_dir.or(config.data_dir.clone()).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
     std::fs::create_dir_all(&data_dir).with_context(|| format!("creating data directory {}", data_dir.display()))?;
-    let mut volumes = Vec::new();
-    for e in &config.exports {
-        let spec = e.backend_spec(&data_dir);
-        let backend = gateway_backend::open(&spec, e.read_only).with_context(|| format!("export `{}`", e.name))?;
-        tracing::info!(export = %e.name, backend = backend.kind(), size = backend.size(), read_only = e.read_only, "export ready");
-        volumes.push(Arc::new(Volume::new(e.name.clone(), e.description.clone(), e.read_only, backend)));
-    }
+    let plugin_dir = config.plugin_dir.clone().unwrap_or_else(crate::plugin::loader::default_dir);
+    let volumes = assemble::volumes(&config, &data_dir, &plugin_dir)?;
+    let mut policies = assemble::Policies::load(&config, &plugin_dir)?;
     let listen = Listen {
         tcp: if args.listen.is_empty() { config.listen.clone() } else { args.listen },
         unix: args.unix.or(config.unix.clone()),
@@ -112,8 +108,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let shutdown = CancellationToken::new();
         let signals = tokio::spawn(wait_for_signal(shutdown.clone()));
+        policies.deliver(&Event::Started { node: node_name(), role: "server".into() });
         let result = server::run(Exports::new(volumes), listen, shutdown.clone()).await;
         signals.abort();
+        policies.deliver(&Event::Stopping { mode: "normal".into() });
         result
     })
 }
@@ -129,4 +127,8 @@ async fn wait_for_signal(shutdown: CancellationToken) {
         _ = int.recv() => tracing::info!("SIGINT received"),
     }
     shutdown.cancel();
+}
+
+fn node_name() -> String {
+    nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "gateway".into())
 }

@@ -46,6 +46,16 @@ struct RawConfig {
     server: RawServer,
     #[serde(default)]
     export: Vec<RawExport>,
+    #[serde(default)]
+    policy: Vec<RawPluginRef>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPluginRef {
+    plugin: Spanned<String>,
+    #[serde(default)]
+    config: toml::Table,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -55,6 +65,7 @@ struct RawServer {
     unix: Option<PathBuf>,
     data_dir: Option<PathBuf>,
     max_connections: Option<Spanned<usize>>,
+    plugin_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -67,6 +78,11 @@ struct RawExport {
     #[serde(default)]
     read_only: bool,
     backend: Spanned<RawBackend>,
+    #[serde(default)]
+    filter: Vec<RawPluginRef>,
+    #[serde(default)]
+    component: Vec<RawPluginRef>,
+    plugin_call_timeout_ms: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -79,9 +95,18 @@ enum RawSize {
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 enum RawBackend {
-    File { path: PathBuf },
-    Block { path: PathBuf },
+    File {
+        path: PathBuf,
+    },
+    Block {
+        path: PathBuf,
+    },
     Memory,
+    Plugin {
+        plugin: String,
+        #[serde(default)]
+        config: toml::Table,
+    },
 }
 
 /// A validated configuration.
@@ -92,7 +117,20 @@ pub struct Config {
     /// Where relative backend paths live; `None` means "use the command line's or the default".
     pub data_dir: Option<PathBuf>,
     pub max_connections: usize,
+    /// Where plugins named without a path are found (default: next to the executable).
+    pub plugin_dir: Option<PathBuf>,
     pub exports: Vec<ExportConfig>,
+    /// Recovery policy plugins fed this node's lifecycle events.
+    pub policies: Vec<PluginRef>,
+}
+
+/// A plugin named in the config: a path or a name in the plugin directory, its own config
+/// table (handed to the plugin as JSON), and where it was named, for error messages.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PluginRef {
+    pub plugin: String,
+    pub config: serde_json::Value,
+    pub location: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -101,6 +139,12 @@ pub struct ExportConfig {
     pub description: String,
     pub read_only: bool,
     pub backend: BackendConfig,
+    /// Filters, outermost first (the first sees the host's requests first).
+    pub filters: Vec<PluginRef>,
+    /// Backup components that receive every update of this export.
+    pub components: Vec<PluginRef>,
+    /// A plugin call that takes longer fails with EIO and marks the export failed.
+    pub plugin_call_timeout: std::time::Duration,
 }
 
 /// A backend as configured; relative paths are resolved by [`ExportConfig::backend_spec`].
@@ -109,20 +153,25 @@ pub enum BackendConfig {
     File { path: PathBuf, size: Option<u64> },
     Block { path: PathBuf },
     Memory { size: u64 },
+    Plugin(PluginRef),
 }
 
+pub const DEFAULT_PLUGIN_CALL_TIMEOUT_MS: u64 = 30_000;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:10809";
 pub const DEFAULT_DATA_DIR: &str = "./gateway-data";
 pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
 
 impl ExportConfig {
-    pub fn backend_spec(&self, data_dir: &Path) -> BackendSpec {
+    /// The built-in backend this export names, with relative paths resolved against
+    /// `data_dir`; `None` for a plugin backend.
+    pub fn backend_spec(&self, data_dir: &Path) -> Option<BackendSpec> {
         let resolve = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { data_dir.join(p) };
-        match &self.backend {
+        Some(match &self.backend {
             BackendConfig::File { path, size } => BackendSpec::File { path: resolve(path), size: *size },
             BackendConfig::Block { path } => BackendSpec::Block { path: resolve(path) },
             BackendConfig::Memory { size } => BackendSpec::Memory { size: *size },
-        }
+            BackendConfig::Plugin(_) => return None,
+        })
     }
 }
 
@@ -198,36 +247,81 @@ impl Config {
                 }
             };
             let size_span = e.size.as_ref().map(|s| s.span());
-            let backend = match e.backend.get_ref() {
-                RawBackend::File { path } => BackendConfig::File { path: path.clone(), size },
+            let refs = |v: Vec<RawPluginRef>| -> Result<Vec<PluginRef>, ConfigError> {
+                v.into_iter().map(|r| plugin_ref(text, file, r.plugin, r.config)).collect()
+            };
+            let filters = refs(e.filter)?;
+            let components = refs(e.component)?;
+            let plugin_call_timeout = match &e.plugin_call_timeout_ms {
+                Some(t) if *t.get_ref() == 0 => {
+                    return Err(at(Some(t.span()), format!("{}: must be at least 1", key("plugin_call_timeout_ms"))))
+                }
+                Some(t) => *t.get_ref(),
+                None => DEFAULT_PLUGIN_CALL_TIMEOUT_MS,
+            };
+            let backend_span = e.backend.span();
+            let backend = match e.backend.into_inner() {
+                RawBackend::File { path } => BackendConfig::File { path, size },
                 RawBackend::Block { path } => {
                     if size.is_some() {
-                        return Err(at(
-                            size_span,
-                            format!("{}: a block backend takes its size from the device", key("size")),
-                        ));
+                        let msg = format!("{}: a block backend takes its size from the device", key("size"));
+                        return Err(at(size_span, msg));
                     }
-                    BackendConfig::Block { path: path.clone() }
+                    BackendConfig::Block { path }
                 }
                 RawBackend::Memory => match size {
                     Some(size) => BackendConfig::Memory { size },
                     None => {
-                        return Err(at(
-                            Some(e.backend.span()),
-                            format!("{}: a memory backend needs a size", key("size")),
-                        ))
+                        return Err(at(Some(backend_span), format!("{}: a memory backend needs a size", key("size"))))
                     }
                 },
+                RawBackend::Plugin { plugin, config } => {
+                    if size.is_some() {
+                        let msg =
+                            format!("{}: a plugin backend reports its own size (set it in its config)", key("size"));
+                        return Err(at(size_span, msg));
+                    }
+                    BackendConfig::Plugin(plugin_ref(text, file, Spanned::new(backend_span, plugin), config)?)
+                }
             };
             exports.push(ExportConfig {
                 name: e.name.into_inner(),
                 description: e.description,
                 read_only: e.read_only,
                 backend,
+                filters,
+                components,
+                plugin_call_timeout: std::time::Duration::from_millis(plugin_call_timeout),
             });
         }
-        Ok(Config { listen, unix: raw.server.unix, data_dir: raw.server.data_dir, max_connections, exports })
+        let policies = raw
+            .policy
+            .into_iter()
+            .map(|r| plugin_ref(text, file, r.plugin, r.config))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Config {
+            listen,
+            unix: raw.server.unix,
+            data_dir: raw.server.data_dir,
+            max_connections,
+            plugin_dir: raw.server.plugin_dir,
+            exports,
+            policies,
+        })
     }
+}
+
+/// A plugin reference, located in its file, with its config table as JSON.
+fn plugin_ref(text: &str, file: &str, plugin: Spanned<String>, config: toml::Table) -> Result<PluginRef, ConfigError> {
+    let (line, column) = line_col(text, plugin.span().start);
+    let location = format!("{file}:{line}:{column}");
+    let config = serde_json::to_value(&config).map_err(|e| ConfigError {
+        file: file.to_owned(),
+        line,
+        column,
+        message: format!("plugin `{}` config: {e}", plugin.get_ref()),
+    })?;
+    Ok(PluginRef { plugin: plugin.into_inner(), config, location })
 }
 
 fn parse_addr(s: &str) -> Result<SocketAddr, String> {
@@ -335,7 +429,7 @@ mod tests {
     #[test]
     fn relative_paths_resolve_against_data_dir() {
         let c = Config::parse(DEFAULT_CONFIG, "d").unwrap();
-        let spec = c.exports[0].backend_spec(Path::new("/srv/gw"));
+        let spec = c.exports[0].backend_spec(Path::new("/srv/gw")).unwrap();
         assert_eq!(spec, BackendSpec::File { path: "/srv/gw/vol0.img".into(), size: Some(1 << 30) });
     }
 }

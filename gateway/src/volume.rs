@@ -15,7 +15,9 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use gateway_backend::{Backend, BackendError, Capabilities, ErrorKind, Extent, ZeroFlags};
@@ -98,13 +100,45 @@ pub struct Volume {
     size: u64,
     admission: Mutex<u64>,
     observers: Vec<Arc<dyn UpdateObserver>>,
+    /// Bound on one blocking backend call (set for plugin-backed exports).
+    call_timeout: Option<Duration>,
+    /// Set when a call timed out: the stuck thread cannot be reclaimed, so the export fails
+    /// every later request at once instead of piling more threads onto a hung plugin.
+    failed: AtomicBool,
 }
 
 impl Volume {
     pub fn new(name: String, description: String, read_only: bool, backend: Arc<dyn Backend>) -> Self {
         let caps = backend.capabilities();
         let size = backend.size();
-        Self { name, description, read_only, backend, caps, size, admission: Mutex::new(0), observers: Vec::new() }
+        Self {
+            name,
+            description,
+            read_only,
+            backend,
+            caps,
+            size,
+            admission: Mutex::new(0),
+            observers: Vec::new(),
+            call_timeout: None,
+            failed: AtomicBool::new(false),
+        }
+    }
+
+    /// Fail (EIO) any blocking backend call that takes longer than `t`, and the export with it.
+    pub fn with_call_timeout(mut self, t: Duration) -> Self {
+        self.call_timeout = Some(t);
+        self
+    }
+
+    /// Whether a timed-out call has failed this export.
+    pub fn failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
+    }
+
+    fn failed_error(&self) -> VolumeError {
+        BackendError::new(ErrorKind::Io, format!("export `{}` failed: a backend call timed out earlier", self.name))
+            .into()
     }
 
     /// Attach a mutation consumer; done while building the volume, before it serves.
@@ -138,19 +172,33 @@ impl Volume {
         T: Send + 'static,
         F: FnOnce(&dyn Backend) -> std::result::Result<T, BackendError> + Send + 'static,
     {
+        if self.failed() {
+            return Err(self.failed_error());
+        }
         if !self.caps.blocking {
             return Ok(f(&*self.backend)?);
         }
         let backend = Arc::clone(&self.backend);
-        tokio::task::spawn_blocking(move || f(&*backend))
-            .await
-            .map_err(|e| VolumeError::Join(e.to_string()))?
-            .map_err(Into::into)
+        let task = tokio::task::spawn_blocking(move || f(&*backend));
+        let joined = match self.call_timeout {
+            None => task.await,
+            Some(t) => match tokio::time::timeout(t, task).await {
+                Ok(r) => r,
+                Err(_) => {
+                    self.failed.store(true, Ordering::Release);
+                    tracing::error!(export = %self.name, "backend call timed out after {t:?}; export marked failed");
+                    let msg =
+                        format!("export `{}`: backend call timed out after {t:?}; export marked failed", self.name);
+                    return Err(BackendError::new(ErrorKind::Io, msg).into());
+                }
+            },
+        };
+        joined.map_err(|e| VolumeError::Join(e.to_string()))?.map_err(Into::into)
     }
 
     /// Read into a caller-provided buffer, which is handed back filled.
     pub async fn read(&self, mut buf: bytes::BytesMut, offset: u64) -> Result<bytes::BytesMut> {
-        if !self.caps.blocking {
+        if !self.caps.blocking && !self.failed() {
             self.backend.read_at(&mut buf, offset)?;
             return Ok(buf);
         }

@@ -44,6 +44,7 @@ fn garbage_closes_only_the_offending_connection() {
     require_tool("nbdinfo");
     let mut g = Gateway::start(CONFIG).unwrap();
     let mut good_stream = TcpStream::connect(g.addr()).unwrap();
+    good_stream.set_nodelay(true).unwrap(); // the nbd crate sends each header field separately
     good_stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let e = handshake(&mut good_stream, b"mem").unwrap();
     let mut good = NbdClient::new(&mut good_stream, &e);

@@ -41,6 +41,7 @@ path = "ro.img"
 
 fn stream(g: &Gateway) -> TcpStream {
     let s = TcpStream::connect(g.addr()).unwrap();
+    s.set_nodelay(true).unwrap(); // the nbd crate sends each header field separately
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     s.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
     s

@@ -27,6 +27,7 @@ fn spots(round: u64) -> Vec<(u64, usize, u64)> {
 
 fn write_spots(g: &Gateway, round: u64, flush: bool) {
     let mut s = TcpStream::connect(g.addr()).unwrap();
+    s.set_nodelay(true).unwrap(); // the nbd crate sends each header field separately
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let e = handshake(&mut s, b"vol").unwrap();
     let mut c = NbdClient::new(&mut s, &e);
@@ -41,6 +42,7 @@ fn write_spots(g: &Gateway, round: u64, flush: bool) {
 
 fn check_spots(g: &Gateway, round: u64, what: &str) {
     let mut s = TcpStream::connect(g.addr()).unwrap();
+    s.set_nodelay(true).unwrap(); // the nbd crate sends each header field separately
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let e = handshake(&mut s, b"vol").unwrap();
     assert_eq!(e.size, 32 * MIB);

@@ -42,6 +42,7 @@ fn sigterm_under_load_drains_and_flushes() {
     let stop2 = stop.clone();
     let counter = std::thread::spawn(move || {
         let mut s = TcpStream::connect(addr).unwrap();
+        s.set_nodelay(true).unwrap(); // the nbd crate sends each header field separately
         s.set_read_timeout(Some(Duration::from_secs(40))).unwrap();
         let e = handshake(&mut s, b"vol").unwrap();
         let mut c = NbdClient::new(&mut s, &e);
@@ -82,9 +83,9 @@ fn sigterm_under_load_drains_and_flushes() {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-
     g.restart().unwrap();
     let mut s = TcpStream::connect(g.addr()).unwrap();
+    s.set_nodelay(true).unwrap(); // the nbd crate sends each header field separately
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let e = handshake(&mut s, b"vol").unwrap();
     let mut c = NbdClient::new(&mut s, &e);
