@@ -153,7 +153,7 @@ unsafe impl<T> Sync for StaticCell<T> {}
 /// `gw_plugin_entry_v1` and the descriptor; invoke it once per `cdylib`.
 #[macro_export]
 macro_rules! declare_plugin {
-    (@emit $kind:expr, $vtable:expr, $vt_ty:ty, $name:literal, $version:literal) => {
+    (@emit $kind:expr, $vtable:expr, $vt_ty:ty, $name:expr, $version:expr) => {
         static __GW_VTABLE: $crate::StaticCell<$vt_ty> = $crate::StaticCell($vtable);
         static __GW_DESCRIPTOR: $crate::StaticCell<$crate::abi::GwPluginDescriptor> =
             $crate::StaticCell($crate::abi::GwPluginDescriptor {
@@ -171,19 +171,19 @@ macro_rules! declare_plugin {
             &__GW_DESCRIPTOR.0
         }
     };
-    (backend, $ty:ty, $name:literal, $version:literal) => {
+    (backend, $ty:ty, $name:expr, $version:expr) => {
         $crate::declare_plugin!(@emit $crate::abi::KIND_BACKEND, $crate::backend::backend_vtable::<$ty>(),
             $crate::abi::GwBackendVtable, $name, $version);
     };
-    (filter, $ty:ty, $name:literal, $version:literal) => {
+    (filter, $ty:ty, $name:expr, $version:expr) => {
         $crate::declare_plugin!(@emit $crate::abi::KIND_FILTER, $crate::backend::filter_vtable::<$ty>(),
             $crate::abi::GwBackendVtable, $name, $version);
     };
-    (backup_component, $ty:ty, $name:literal, $version:literal) => {
+    (backup_component, $ty:ty, $name:expr, $version:expr) => {
         $crate::declare_plugin!(@emit $crate::abi::KIND_BACKUP_COMPONENT, $crate::component::component_vtable::<$ty>(),
             $crate::abi::GwComponentVtable, $name, $version);
     };
-    (recovery_policy, $ty:ty, $name:literal, $version:literal) => {
+    (recovery_policy, $ty:ty, $name:expr, $version:expr) => {
         $crate::declare_plugin!(@emit $crate::abi::KIND_RECOVERY_POLICY, $crate::policy::policy_vtable::<$ty>(),
             $crate::abi::GwPolicyVtable, $name, $version);
     };
