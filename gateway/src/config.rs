@@ -195,9 +195,15 @@ impl Config {
             ConfigError { file: file.to_owned(), line, column, message }
         };
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            let key = e.span().and_then(|s| key_at(text, s.start));
             let msg = e.message().trim().to_owned();
-            at(e.span(), key.map(|k| format!("key `{k}`: {msg}")).unwrap_or(msg))
+            // serde reports an unknown key inside a tagged table (`[export.backend]`) at the
+            // table; point at the key's own line instead.
+            let span = match (e.span(), unknown_field(&msg)) {
+                (Some(s), Some(field)) => find_key_line(text, s.start, field).map(|o| o..o).or(Some(s)),
+                (s, _) => s,
+            };
+            let key = span.as_ref().and_then(|s| key_at(text, s.start));
+            at(span, key.map(|k| format!("key `{k}`: {msg}")).unwrap_or(msg))
         })?;
 
         let listen = match raw.server.listen {
@@ -356,6 +362,29 @@ fn parse_size(s: &RawSize) -> Result<u64, String> {
         return Err("size is too large".into());
     }
     Ok(bytes)
+}
+
+/// The field name in serde's "unknown field `x`, expected ..." message.
+fn unknown_field(msg: &str) -> Option<&str> {
+    msg.strip_prefix("unknown field `")?.split('`').next()
+}
+
+/// Offset of the first line at or after `from` that assigns `key`, within the same table.
+fn find_key_line(text: &str, from: usize, key: &str) -> Option<usize> {
+    let mut offset = text[..from.min(text.len())].rfind('\n').map(|p| p + 1).unwrap_or(0);
+    for (i, line) in text[offset..].split_inclusive('\n').enumerate() {
+        let t = line.trim_start();
+        if i > 0 && t.starts_with('[') {
+            return None;
+        }
+        if let Some(rest) = t.strip_prefix(key) {
+            if rest.trim_start().starts_with('=') {
+                return Some(offset + (line.len() - t.len()));
+            }
+        }
+        offset += line.len();
+    }
+    None
 }
 
 fn line_col(text: &str, offset: usize) -> (usize, usize) {

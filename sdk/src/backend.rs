@@ -703,3 +703,112 @@ impl Backend for ImportedBackend {
         self.call("cache", |e| unsafe { f(self.instance, offset, length, e) })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gateway_backend::memory::MemoryBackend;
+
+    /// A backend that panics on write and fails reads, to exercise the shims' guards.
+    struct Bad;
+    impl Backend for Bad {
+        fn kind(&self) -> &'static str {
+            "bad"
+        }
+        fn size(&self) -> u64 {
+            4096
+        }
+        fn capabilities(&self) -> Capabilities {
+            Capabilities::default()
+        }
+        fn read_at(&self, _: &mut [u8], _: u64) -> Result<()> {
+            Err(BackendError::new(ErrorKind::NoSpace, "full"))
+        }
+        fn write_at(&self, _: &[u8], _: u64, _: bool) -> Result<()> {
+            panic!("boom")
+        }
+        fn flush(&self) -> Result<()> {
+            Ok(())
+        }
+        fn trim(&self, _: u64, _: u64, _: bool) -> Result<()> {
+            Ok(())
+        }
+        fn zero(&self, _: u64, _: u64, _: ZeroFlags) -> Result<()> {
+            Ok(())
+        }
+        fn extents(&self, _: u64, l: u64) -> Result<Vec<Extent>> {
+            Ok(vec![Extent { length: l, hole: false, zero: false }])
+        }
+        fn cache(&self, _: u64, _: u64) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    fn roundtrip(b: Arc<dyn Backend>) -> (ExportedBackend, ImportedBackend) {
+        let exported = export_backend(b);
+        let h = exported.handle();
+        // SAFETY: the handle stays valid while `exported` lives, which outlives the import
+        // in every test (returned together, dropped in order).
+        let imported = unsafe { ImportedBackend::from_handle(&h, "test", false) }.unwrap();
+        (exported, imported)
+    }
+
+    #[test]
+    fn export_then_import_preserves_behaviour() {
+        let (_e, b) = roundtrip(Arc::new(MemoryBackend::new(1 << 20)));
+        assert_eq!(b.size(), 1 << 20);
+        let caps = b.capabilities();
+        assert!(caps.can_zero && caps.can_extents && caps.native_fua && !caps.blocking);
+        b.write_at(b"hello", 65536, true).unwrap();
+        let mut buf = [0u8; 5];
+        b.read_at(&mut buf, 65536).unwrap();
+        assert_eq!(&buf, b"hello");
+        let ext = b.extents(0, 1 << 20).unwrap();
+        assert!(ext[0].hole && !ext[1].hole, "{ext:?}");
+        b.zero(65536, 5, ZeroFlags { may_trim: false, fast_only: true, fua: false }).unwrap();
+        b.read_at(&mut buf, 65536).unwrap();
+        assert_eq!(buf, [0; 5]);
+        assert_eq!(b.emulation.zero_by_writes.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn errors_and_panics_cross_as_codes() {
+        let (_e, b) = roundtrip(Arc::new(Bad));
+        let mut buf = [0u8; 8];
+        let e = b.read_at(&mut buf, 0).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::NoSpace);
+        assert!(e.to_string().contains("full"), "{e}");
+        let e = b.write_at(&buf, 0, false).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Io);
+        assert!(e.to_string().contains("panicked: boom") && e.to_string().contains("marked failed"), "{e}");
+        assert!(b.failed());
+        let e = b.flush().unwrap_err();
+        assert!(e.to_string().contains("failed earlier"), "{e}");
+    }
+
+    #[test]
+    fn missing_optional_entries_are_emulated() {
+        let exported = export_backend(Arc::new(MemoryBackend::new(1 << 20)));
+        let mut vt = *exported.vtable;
+        // Pretend to be a 1.0 table: everything from `zero` on is absent.
+        vt.struct_size = BACKEND_VTABLE_SIZE_V1_0;
+        let (old, _) = unsafe { copy_sized(&vt) }.unwrap();
+        assert!(old.zero.is_none() && old.extents.is_none() && old.cache.is_none());
+        // SAFETY: the instance belongs to `exported`, alive for this test; not owned here.
+        let b = unsafe { ImportedBackend::new(old, exported.instance, "old", false) }.unwrap();
+        b.write_at(&[7u8; 100], 0, false).unwrap();
+        b.zero(0, 50, ZeroFlags::default()).unwrap();
+        let mut buf = [1u8; 100];
+        b.read_at(&mut buf, 0).unwrap();
+        assert_eq!(&buf[..50], &[0u8; 50][..]);
+        assert_eq!(&buf[50..], &[7u8; 50][..]);
+        assert_eq!(b.emulation.zero_by_writes.load(Ordering::Relaxed), 1);
+        assert!(b.zero(0, 50, ZeroFlags { fast_only: true, ..Default::default() }).is_err());
+        assert_eq!(b.extents(0, 4096).unwrap(), vec![Extent { length: 4096, hole: false, zero: false }]);
+        b.cache(0, 1).unwrap();
+        assert_eq!(b.emulation.extents_as_data.load(Ordering::Relaxed), 1);
+        assert_eq!(b.emulation.cache_as_noop.load(Ordering::Relaxed), 1);
+        let caps = b.capabilities();
+        assert!(!caps.can_zero && !caps.can_extents && !caps.can_cache);
+    }
+}

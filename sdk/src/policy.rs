@@ -291,3 +291,73 @@ impl Drop for ImportedPolicy {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Counter {
+        errors: u32,
+    }
+
+    impl RecoveryPolicy for Counter {
+        fn open(_host: &Host, config: &serde_json::Value) -> Result<Self, String> {
+            if config.get("fail").is_some() {
+                return Err("told to fail".into());
+            }
+            Ok(Counter { errors: 0 })
+        }
+        fn on_event(&mut self, event: &Event) -> Vec<Action> {
+            match event {
+                Event::ReplicationError { volume_set, .. } => {
+                    self.errors += 1;
+                    if self.errors == 2 {
+                        panic!("second error");
+                    }
+                    vec![Action::GoOffline { target: volume_set.clone(), reason: "error".into() }]
+                }
+                Event::Unknown(v) => vec![Action::Log { level: "info".into(), message: v.to_string() }],
+                _ => vec![],
+            }
+        }
+    }
+
+    fn open(config: &str) -> Result<ImportedPolicy, String> {
+        let vt = policy_vtable::<Counter>();
+        let mut out: GwInstance = std::ptr::null_mut();
+        let mut err = GwError::default();
+        let open = vt.open.unwrap();
+        // SAFETY: valid arguments for the call; a null host table is allowed.
+        let code = unsafe { open(std::ptr::null(), GwStr::new(config), std::ptr::null(), &mut out, &mut err) };
+        if code != GW_OK {
+            return Err(err.message());
+        }
+        // SAFETY: `out` came from this table's open.
+        unsafe { ImportedPolicy::new(vt, out, "counter".into()) }
+    }
+
+    #[test]
+    fn events_and_actions_cross_as_json() {
+        assert_eq!(open(r#"{"fail":1}"#).err().unwrap(), "told to fail");
+        let mut p = open("").unwrap();
+        let e = Event::ReplicationError { volume_set: "vs1".into(), code: 5, message: "x".into() };
+        assert_eq!(p.on_event(&e).unwrap(), vec![Action::GoOffline { target: "vs1".into(), reason: "error".into() }]);
+        let future = serde_json::json!({"type": "quantum_event", "x": 1});
+        let acts = p.on_event(&Event::Unknown(future.clone())).unwrap();
+        assert_eq!(acts, vec![Action::Log { level: "info".into(), message: future.to_string() }]);
+        let err = p.on_event(&e).unwrap_err();
+        assert!(err.contains("second error") && err.contains("marked failed"), "{err}");
+        assert!(p.failed());
+        assert!(p.on_event(&Event::Tick { now_ms: 1 }).is_err());
+    }
+
+    #[test]
+    fn unknown_types_survive_a_round_trip() {
+        let a = Action::from_json(r#"{"type":"launch","target":"x"}"#).unwrap();
+        assert!(matches!(a, Action::Unknown(_)));
+        assert_eq!(Action::from_json(&a.to_json()).unwrap(), a);
+        let e = Event::from_json(r#"{"type":"peer_down","peer":"b","reason":"eof"}"#).unwrap();
+        assert_eq!(e, Event::PeerDown { peer: "b".into(), reason: "eof".into() });
+        assert!(Event::from_json("not json").is_err());
+    }
+}

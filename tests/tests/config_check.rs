@@ -63,8 +63,6 @@ fn unknown_keys() {
 }
 
 #[test]
-#[ignore = "server bug: an unknown key inside [export.backend] is reported at the table header \
-            (line 4, column 1) without naming the key, not at the key's own line"]
 fn unknown_backend_key() {
     refused(
         "backend.toml",

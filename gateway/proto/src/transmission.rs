@@ -50,14 +50,16 @@ impl Command {
         }
     }
 
-    /// Command flags the protocol allows on this command.
+    /// Command flags the protocol allows on this command. FUA is accepted on every command:
+    /// the protocol requires it of a server that advertises SEND_FUA, because existing clients
+    /// set it on reads and flushes (where it has no further effect).
     pub fn allowed_flags(self) -> u16 {
         match self {
-            Self::Read => CMD_FLAG_DF,
-            Self::Write | Self::Trim => CMD_FLAG_FUA,
+            Self::Read => CMD_FLAG_FUA | CMD_FLAG_DF,
+            Self::Write | Self::Trim | Self::Disc | Self::Flush | Self::Cache => CMD_FLAG_FUA,
             Self::WriteZeroes => CMD_FLAG_FUA | CMD_FLAG_NO_HOLE | CMD_FLAG_FAST_ZERO,
-            Self::BlockStatus => CMD_FLAG_REQ_ONE,
-            Self::Disc | Self::Flush | Self::Cache | Self::Unknown(_) => 0,
+            Self::BlockStatus => CMD_FLAG_FUA | CMD_FLAG_REQ_ONE,
+            Self::Unknown(_) => 0,
         }
     }
 }
@@ -278,8 +280,8 @@ mod tests {
 
     #[test]
     fn allowed_flags_match_the_spec() {
-        assert_eq!(Command::Read.allowed_flags(), CMD_FLAG_DF);
-        assert_eq!(Command::Flush.allowed_flags(), 0);
+        assert_eq!(Command::Read.allowed_flags(), CMD_FLAG_FUA | CMD_FLAG_DF);
+        assert_eq!(Command::Flush.allowed_flags(), CMD_FLAG_FUA);
         assert_eq!(Command::Unknown(99).allowed_flags(), 0);
         assert_eq!(Command::from_wire(Command::BlockStatus.to_wire()), Command::BlockStatus);
     }

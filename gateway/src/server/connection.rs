@@ -149,8 +149,11 @@ where
             // protocol lets the server disconnect here.
             break Err(ConnError::Refused(format!("write payload of {} bytes exceeds {MAX_PAYLOAD}", req.length)));
         }
-        let cost = match req.command {
-            Command::Read | Command::Write => req.length as usize + SIMPLE_REPLY_LEN,
+        // Check first: a refused request needs no budget beyond its payload (a READ larger
+        // than the whole budget would otherwise wait for it forever).
+        let verdict = check(&req, &sel);
+        let cost = match (req.command, &verdict) {
+            (Command::Write, _) | (Command::Read, Ok(())) => req.length as usize + SIMPLE_REPLY_LEN,
             _ => 0,
         };
         let Ok(permit) = budget.clone().acquire_many_owned(units(cost)).await else {
@@ -158,12 +161,13 @@ where
         };
         let mut payload = BytesMut::new();
         if req.payload_len() > 0 {
+            // Read even a refused write's payload: it is on the wire and must be consumed.
             payload.resize(req.payload_len(), 0);
             if let Err(e) = reader.read_exact(&mut payload).await {
                 break Err(e.into());
             }
         }
-        if let Err(refusal) = check(&req, &sel) {
+        if let Err(refusal) = verdict {
             tracing::debug!(cookie = req.cookie, "refused {:?}: {}", req.command, refusal.message);
             if tx.send((error_reply(&req, sel.structured, &refusal), permit)).await.is_err() {
                 break Ok(());

@@ -284,7 +284,9 @@ mod tests {
         assert_eq!(errno(req(Command::WriteZeroes, 0, u64::MAX, 1), &s), Some(ENOSPC));
         assert_eq!(errno(req(Command::Trim, 0, u64::MAX - 1, 4), &s), Some(EINVAL));
         assert_eq!(errno(req(Command::Read, CMD_FLAG_DF, 0, 1), &s), Some(EINVAL));
-        assert_eq!(errno(req(Command::Read, CMD_FLAG_FUA, 0, 1), &s), Some(EINVAL));
+        assert_eq!(errno(req(Command::Read, CMD_FLAG_FUA, 0, 1), &s), None);
+        assert_eq!(errno(req(Command::Read, CMD_FLAG_REQ_ONE, 0, 1), &s), Some(EINVAL));
+        assert_eq!(errno(req(Command::Flush, 1 << 7, 0, 0), &s), Some(EINVAL));
         assert_eq!(errno(req(Command::Unknown(99), 0, 0, 0), &s), Some(EINVAL));
         assert_eq!(errno(req(Command::BlockStatus, 0, 0, 1), &s), Some(EINVAL));
         assert_eq!(errno(req(Command::Read, 0, 0, MAX_PAYLOAD + 1), &s), Some(EINVAL));
