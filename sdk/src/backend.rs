@@ -792,6 +792,7 @@ mod tests {
         let mut vt = *exported.vtable;
         // Pretend to be a 1.0 table: everything from `zero` on is absent.
         vt.struct_size = BACKEND_VTABLE_SIZE_V1_0;
+        // SAFETY: `vt` is a valid table whose struct_size we just lowered.
         let (old, _) = unsafe { copy_sized(&vt) }.unwrap();
         assert!(old.zero.is_none() && old.extents.is_none() && old.cache.is_none());
         // SAFETY: the instance belongs to `exported`, alive for this test; not owned here.

@@ -17,7 +17,7 @@ pub struct LoadError {
 }
 
 /// A loaded, checked plugin library.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Plugin {
     path: PathBuf,
     name: &'static str,
