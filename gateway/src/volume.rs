@@ -105,6 +105,13 @@ pub struct Volume {
     /// Set when a call timed out: the stuck thread cannot be reclaimed, so the export fails
     /// every later request at once instead of piling more threads onto a hung plugin.
     failed: AtomicBool,
+    /// Why hosts may not write now (e.g. this site holds the recovery copy of a replicated
+    /// volume), or `None` when they may. Writes from the replication link are not gated.
+    host_write_block: Mutex<Option<String>>,
+    /// Host mutations hold this shared from admission until their local I/O is done; a
+    /// resync takes it exclusively to read a region consistently with what it has already
+    /// queued for the peer (see `gateway::replication`).
+    gate: tokio::sync::RwLock<()>,
 }
 
 impl Volume {
@@ -122,7 +129,28 @@ impl Volume {
             observers: Vec::new(),
             call_timeout: None,
             failed: AtomicBool::new(false),
+            host_write_block: Mutex::new(None),
+            gate: tokio::sync::RwLock::new(()),
         }
+    }
+
+    /// Refuse (or allow again) host writes, with the reason hosts are told.
+    pub fn block_host_writes(&self, reason: Option<String>) {
+        *self.host_write_block.lock() = reason;
+    }
+
+    /// Why host writes are refused now, if they are (configured read-only or blocked).
+    pub fn host_write_refusal(&self) -> Option<String> {
+        if self.read_only {
+            return Some(format!("export `{}` is read-only", self.name));
+        }
+        self.host_write_block.lock().clone()
+    }
+
+    /// Run `f` while no host mutation is between admission and the end of its local I/O.
+    pub async fn exclusive<T>(&self, f: impl std::future::Future<Output = T>) -> T {
+        let _g = self.gate.write().await;
+        f.await
     }
 
     /// Fail (EIO) any blocking backend call that takes longer than `t`, and the export with it.
@@ -246,6 +274,7 @@ impl Volume {
     }
 
     pub async fn write(&self, data: Bytes, offset: u64, fua: bool) -> Result<()> {
+        let gate = self.gate.read().await;
         let pending = self.admit(offset, UpdateKind::Write(data.clone()), fua);
         let native_fua = fua && self.caps.native_fua;
         let flush_after = self.fua_emulated(fua);
@@ -258,12 +287,15 @@ impl Volume {
                 Ok(())
             })
             .await;
+        drop(gate);
         self.finish(local, pending).await
     }
 
     pub async fn trim(&self, offset: u64, length: u64, fua: bool) -> Result<()> {
+        let gate = self.gate.read().await;
         let pending = self.admit(offset, UpdateKind::Trim { length }, fua);
         let local = if self.caps.can_trim { self.run(move |b| b.trim(offset, length, fua)).await } else { Ok(()) };
+        drop(gate);
         self.finish(local, pending).await
     }
 
@@ -273,11 +305,13 @@ impl Volume {
         if flags.fast_only && !self.caps.can_fast_zero {
             return Err(BackendError::not_supported(format!("{}: fast zero", self.name)).into());
         }
+        let gate = self.gate.read().await;
         if flags.fast_only {
             // Try before admitting: a fast zero that the backend refuses must not reach the
             // observers, since the volume did not change.
             self.run(move |b| b.zero(offset, length, flags)).await?;
             let pending = self.admit(offset, UpdateKind::Zero { length, may_trim: flags.may_trim }, flags.fua);
+            drop(gate);
             return self.finish(Ok(()), pending).await;
         }
         let pending = self.admit(offset, UpdateKind::Zero { length, may_trim: flags.may_trim }, flags.fua);
@@ -302,6 +336,7 @@ impl Volume {
                 Ok(())
             })
             .await;
+        drop(gate);
         self.finish(local, pending).await
     }
 

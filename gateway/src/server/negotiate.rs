@@ -58,7 +58,7 @@ pub struct Negotiation<C> {
 pub fn transmission_flags(volume: &Volume, structured: bool) -> u16 {
     let caps = volume.capabilities();
     let mut f = TFLAG_HAS_FLAGS | TFLAG_SEND_FLUSH | TFLAG_SEND_FUA | TFLAG_SEND_CACHE;
-    if volume.read_only() {
+    if volume.host_write_refusal().is_some() {
         f |= TFLAG_READ_ONLY;
     } else {
         // Zeroes are always accepted (emulated by writing zero buffers when the backend has

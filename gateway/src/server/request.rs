@@ -40,8 +40,10 @@ pub fn check(req: &RequestHeader, sel: &Selected) -> Result<(), Refusal> {
         return Err(refuse(EINVAL, "DF needs structured replies"));
     }
     let mutating = matches!(cmd, Command::Write | Command::Trim | Command::WriteZeroes);
-    if mutating && sel.volume.read_only() {
-        return Err(refuse(EPERM, format!("export `{}` is read-only", sel.volume.name())));
+    if mutating {
+        if let Some(why) = sel.volume.host_write_refusal() {
+            return Err(refuse(EPERM, why));
+        }
     }
     if cmd == Command::Trim && sel.flags & TFLAG_SEND_TRIM == 0 {
         return Err(refuse(EINVAL, "trim was not advertised for this export"));

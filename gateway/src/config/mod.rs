@@ -11,12 +11,16 @@ use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+mod replication;
+
+pub use replication::{LinkLossPolicy, NodeConfig, VolumeSetConfig};
+
 use gateway_backend::BackendSpec;
 use serde::Deserialize;
 use toml::Spanned;
 
 /// The configuration used when `gateway serve` is given no `--config`.
-pub const DEFAULT_CONFIG: &str = include_str!("../../config/default.toml");
+pub const DEFAULT_CONFIG: &str = include_str!("../../../config/default.toml");
 /// How `DEFAULT_CONFIG` is named in error messages.
 pub const DEFAULT_CONFIG_NAME: &str = "<embedded default config>";
 
@@ -48,6 +52,9 @@ struct RawConfig {
     export: Vec<RawExport>,
     #[serde(default)]
     policy: Vec<RawPluginRef>,
+    node: Option<replication::RawNode>,
+    #[serde(default)]
+    volume_set: Vec<replication::RawVolumeSet>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -66,6 +73,7 @@ struct RawServer {
     data_dir: Option<PathBuf>,
     max_connections: Option<Spanned<usize>>,
     plugin_dir: Option<PathBuf>,
+    admin_socket: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -87,7 +95,7 @@ struct RawExport {
 
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
-enum RawSize {
+pub(crate) enum RawSize {
     Bytes(u64),
     Text(String),
 }
@@ -122,6 +130,11 @@ pub struct Config {
     pub exports: Vec<ExportConfig>,
     /// Recovery policy plugins fed this node's lifecycle events.
     pub policies: Vec<PluginRef>,
+    /// The admin socket (`gateway ctl`); relative to the data directory; default `admin.sock`.
+    pub admin_socket: Option<PathBuf>,
+    /// This node's place in a two-site replication topology, if it has one.
+    pub node: Option<NodeConfig>,
+    pub volume_sets: Vec<VolumeSetConfig>,
 }
 
 /// A plugin named in the config: a path or a name in the plugin directory, its own config
@@ -305,6 +318,7 @@ impl Config {
             .into_iter()
             .map(|r| plugin_ref(text, file, r.plugin, r.config))
             .collect::<Result<Vec<_>, _>>()?;
+        let (node, volume_sets) = replication::validate(raw.node, raw.volume_set, &exports, text, file)?;
         Ok(Config {
             listen,
             unix: raw.server.unix,
@@ -313,6 +327,9 @@ impl Config {
             plugin_dir: raw.server.plugin_dir,
             exports,
             policies,
+            admin_socket: raw.server.admin_socket,
+            node,
+            volume_sets,
         })
     }
 }
@@ -330,12 +347,12 @@ fn plugin_ref(text: &str, file: &str, plugin: Spanned<String>, config: toml::Tab
     Ok(PluginRef { plugin: plugin.into_inner(), config, location })
 }
 
-fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+pub(crate) fn parse_addr(s: &str) -> Result<SocketAddr, String> {
     s.parse().map_err(|_| format!("`{s}` is not an address:port (e.g. 127.0.0.1:10809 or [::1]:10809)"))
 }
 
 /// Sizes are bytes, or a number with a binary suffix: K, M, G, T (or KiB, MiB, GiB, TiB).
-fn parse_size(s: &RawSize) -> Result<u64, String> {
+pub(crate) fn parse_size(s: &RawSize) -> Result<u64, String> {
     let bytes = match s {
         RawSize::Bytes(b) => *b,
         RawSize::Text(t) => {
@@ -387,7 +404,7 @@ fn find_key_line(text: &str, from: usize, key: &str) -> Option<usize> {
     None
 }
 
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
+pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
     let column = before.rfind('\n').map(|p| before.len() - p).unwrap_or(before.len() + 1);
