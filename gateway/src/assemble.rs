@@ -2,6 +2,7 @@
 //! (built in or a plugin), stack its filters, attach its backup components, and load the
 //! node's recovery policies.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -11,14 +12,29 @@ use gateway_sdk::policy::{Action, Event, ImportedPolicy};
 
 use crate::config::{BackendConfig, Config, ExportConfig, PluginRef};
 use crate::plugin::{self, observer::ComponentObserver};
+use crate::replication::observer::PeerObserver;
 use crate::volume::Volume;
 
 /// Open every export of `config`.
-pub fn volumes(config: &Config, data_dir: &Path, plugin_dir: &Path) -> anyhow::Result<Vec<Arc<Volume>>> {
+/// Open every export of `config`; `peers` are the replication observers of replicated volumes
+/// (attached after the backup components, so a component sees an update before the peer's
+/// verdict is awaited... both are awaited before the host is acknowledged).
+pub fn volumes(
+    config: &Config,
+    data_dir: &Path,
+    plugin_dir: &Path,
+    peers: &HashMap<String, Arc<PeerObserver>>,
+) -> anyhow::Result<Vec<Arc<Volume>>> {
     config
         .exports
         .iter()
-        .map(|e| volume(e, data_dir, plugin_dir).with_context(|| format!("export `{}`", e.name)))
+        .map(|e| {
+            let mut v = volume(e, data_dir, plugin_dir).with_context(|| format!("export `{}`", e.name))?;
+            if let Some(p) = peers.get(&e.name) {
+                v = v.with_observer(p.clone());
+            }
+            Ok(Arc::new(v))
+        })
         .collect()
 }
 
@@ -26,21 +42,21 @@ fn load(r: &PluginRef, plugin_dir: &Path) -> anyhow::Result<plugin::Plugin> {
     plugin::load(&r.plugin, plugin_dir).with_context(|| format!("{}: plugin `{}`", r.location, r.plugin))
 }
 
-fn volume(e: &ExportConfig, data_dir: &Path, plugin_dir: &Path) -> anyhow::Result<Arc<Volume>> {
+fn volume(e: &ExportConfig, data_dir: &Path, plugin_dir: &Path) -> anyhow::Result<Volume> {
     let mut uses_plugins = !e.filters.is_empty();
     let mut layer: Arc<dyn Backend> = match (&e.backend, e.backend_spec(data_dir)) {
         (_, Some(spec)) => gateway_backend::open(&spec, e.read_only)?,
         (BackendConfig::Plugin(r), None) => {
             uses_plugins = true;
             let p = load(r, plugin_dir)?;
-            Arc::new(plugin::open_layer(&p, &r.config, None)?)
+            Arc::new(plugin::open_layer(&p, &r.config, None).with_context(|| r.location.clone())?)
         }
         (_, None) => anyhow::bail!("backend has no built-in implementation"),
     };
     // The first filter listed is the outermost, so stack from the last one up.
     for r in e.filters.iter().rev() {
         let p = load(r, plugin_dir)?;
-        layer = Arc::new(plugin::open_layer(&p, &r.config, Some(layer))?);
+        layer = Arc::new(plugin::open_layer(&p, &r.config, Some(layer)).with_context(|| r.location.clone())?);
     }
     tracing::info!(
         export = %e.name,
@@ -57,10 +73,10 @@ fn volume(e: &ExportConfig, data_dir: &Path, plugin_dir: &Path) -> anyhow::Resul
     }
     for r in &e.components {
         let p = load(r, plugin_dir)?;
-        let c = plugin::open_component(&p, &r.config)?;
+        let c = plugin::open_component(&p, &r.config).with_context(|| r.location.clone())?;
         volume = volume.with_observer(Arc::new(ComponentObserver::new(c)));
     }
-    Ok(Arc::new(volume))
+    Ok(volume)
 }
 
 /// The node's recovery policies, fed lifecycle events. Actions that need subsystems this
@@ -76,7 +92,7 @@ impl Policies {
             .iter()
             .map(|r| {
                 let p = load(r, plugin_dir)?;
-                Ok(plugin::open_policy(&p, &r.config)?)
+                Ok(plugin::open_policy(&p, &r.config).with_context(|| r.location.clone())?)
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(Policies { loaded })
@@ -112,4 +128,18 @@ fn execute(policy: &str, action: &Action) {
             tracing::warn!(policy, action = %other.to_json(), "action not carried out: this node runs no subsystem for it")
         }
     }
+}
+
+/// Load the recovery policy that runs the replication state machine of the node's volume
+/// sets (every set must name the same one) and open it with `config`.
+pub fn replication_policy(
+    config: &Config,
+    plugin_dir: &Path,
+    policy_config: serde_json::Value,
+) -> anyhow::Result<ImportedPolicy> {
+    let names: std::collections::BTreeSet<&str> = config.volume_sets.iter().map(|s| s.policy.as_str()).collect();
+    anyhow::ensure!(names.len() == 1, "all volume sets of a node must use the same policy plugin (found: {names:?})");
+    let name = names.into_iter().next().unwrap_or("pprc");
+    let p = plugin::load(name, plugin_dir).with_context(|| format!("volume set policy `{name}`"))?;
+    Ok(plugin::open_policy(&p, &policy_config).with_context(|| format!("volume set policy `{name}`"))?)
 }

@@ -8,10 +8,13 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::{self, Admin};
 use crate::assemble;
 use crate::config::{Config, DEFAULT_CONFIG, DEFAULT_CONFIG_NAME, DEFAULT_DATA_DIR};
+use crate::replication;
 use crate::server::{self, Exports, Listen};
 use gateway_sdk::Event;
+use std::sync::Arc;
 
 #[derive(Parser)]
 #[command(name = "gateway", version, about = "Storage gateway: volumes over NBD on pluggable backends")]
@@ -27,6 +30,75 @@ enum Command {
     /// Configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Talk to a running daemon over its admin socket.
+    Ctl(CtlArgs),
+}
+
+#[derive(clap::Args)]
+struct CtlArgs {
+    /// The daemon's admin socket (default: admin.sock in the data directory).
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// The daemon's data directory, to find its admin socket.
+    #[arg(long, default_value = DEFAULT_DATA_DIR)]
+    data_dir: PathBuf,
+    /// Print the daemon's JSON answer instead of a table.
+    #[arg(long)]
+    json: bool,
+    #[command(subcommand)]
+    command: CtlCommand,
+}
+
+#[derive(Subcommand)]
+enum CtlCommand {
+    /// Exports and volume sets: state, direction, dirty bytes, resync progress, last error.
+    Status,
+    /// Hold host I/O and stop mirroring (PPRC freeze).
+    Freeze { volume_set: String },
+    /// Release I/O held by a freeze; changes are tracked.
+    Run { volume_set: String },
+    /// Stop mirroring; keep serving and track changes.
+    Suspend { volume_set: String },
+    /// Copy the tracked regions to the peer; the set returns to InSync.
+    Resync { volume_set: String },
+    /// Reverse the mirroring direction (needs InSync).
+    Swap { volume_set: String },
+    /// Make this (recovery) site production now, tracking its changes.
+    Failover {
+        volume_set: String,
+        /// Even if the production site still answers.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Resync back to the original production site and swap production back.
+    Failback { volume_set: String },
+    /// Make the surviving site usable after a site loss or freeze.
+    Recover { volume_set: String },
+    /// Bring the set to a state where `--site` (default: this site) may serve it, then verify.
+    Online {
+        volume_set: String,
+        #[arg(long)]
+        site: Option<String>,
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
+    /// Release the set at this site (reverse mirroring when moving across sites).
+    Offline {
+        volume_set: String,
+        #[arg(long)]
+        moving_across_site: bool,
+    },
+    /// After a force swap, resync the rejoined old site.
+    JoinCleanup { volume_set: String },
+    /// Wait until the set reaches STATE.
+    WaitForState {
+        volume_set: String,
+        state: String,
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
+    /// Compare this site's volume set definitions with the peer's.
+    VerifyConfig,
 }
 
 #[derive(clap::Args)]
@@ -61,6 +133,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Config(ConfigCommand::Check { file }) => check(&file),
+        Command::Ctl(args) => ctl(args),
         Command::Config(ConfigCommand::Default) => {
             print!("{DEFAULT_CONFIG}");
             Ok(())
@@ -97,23 +170,45 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let data_dir = args.data_dir.or(config.data_dir.clone()).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
     std::fs::create_dir_all(&data_dir).with_context(|| format!("creating data directory {}", data_dir.display()))?;
     let plugin_dir = config.plugin_dir.clone().unwrap_or_else(crate::plugin::loader::default_dir);
-    let volumes = assemble::volumes(&config, &data_dir, &plugin_dir)?;
+    let peers = replication::observers(&config);
+    let volumes = assemble::volumes(&config, &data_dir, &plugin_dir, &peers)?;
+    let engine = replication::Engine::build(&config, &volumes, &peers, &data_dir, |policy_config| {
+        assemble::replication_policy(&config, &plugin_dir, policy_config)
+    })?;
     let mut policies = assemble::Policies::load(&config, &plugin_dir)?;
+    let admin_socket = match &config.admin_socket {
+        Some(p) if p.is_absolute() => p.clone(),
+        Some(p) => data_dir.join(p),
+        None => data_dir.join("admin.sock"),
+    };
     let listen = Listen {
         tcp: if args.listen.is_empty() { config.listen.clone() } else { args.listen },
         unix: args.unix.or(config.unix.clone()),
         max_connections: config.max_connections,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         let shutdown = CancellationToken::new();
         let signals = tokio::spawn(wait_for_signal(shutdown.clone()));
+        if let Some(e) = &engine {
+            e.start(shutdown.clone()).await?;
+        }
+        let exports = Exports::new(volumes);
+        let admin = Arc::new(Admin { exports: exports.clone(), engine: engine.clone() });
+        admin::serve(admin_socket, admin, shutdown.clone()).await?;
         policies.deliver(&Event::Started { node: node_name(), role: "server".into() });
-        let result = server::run(Exports::new(volumes), listen, shutdown.clone()).await;
+        let result = server::run(exports, listen, shutdown.clone()).await;
         signals.abort();
         policies.deliver(&Event::Stopping { mode: "normal".into() });
+        if let (Some(e), Ok(())) = (&engine, &result) {
+            e.stopped_cleanly();
+        }
         result
-    })
+    });
+    // A plugin call that never returns keeps a blocking-pool thread forever; do not let it
+    // hold the process hostage after an orderly shutdown.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    result
 }
 
 async fn wait_for_signal(shutdown: CancellationToken) {
@@ -131,4 +226,51 @@ async fn wait_for_signal(shutdown: CancellationToken) {
 
 fn node_name() -> String {
     nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "gateway".into())
+}
+
+fn ctl(args: CtlArgs) -> anyhow::Result<()> {
+    use serde_json::json;
+    let socket = args.socket.clone().unwrap_or_else(|| args.data_dir.join("admin.sock"));
+    let req = match &args.command {
+        CtlCommand::Status => json!({"command": "status"}),
+        CtlCommand::VerifyConfig => json!({"command": "verify-config"}),
+        CtlCommand::Freeze { volume_set } => json!({"command": "freeze", "volume_set": volume_set}),
+        CtlCommand::Run { volume_set } => json!({"command": "run", "volume_set": volume_set}),
+        CtlCommand::Suspend { volume_set } => json!({"command": "suspend", "volume_set": volume_set}),
+        CtlCommand::Resync { volume_set } => json!({"command": "resync", "volume_set": volume_set}),
+        CtlCommand::Swap { volume_set } => json!({"command": "swap", "volume_set": volume_set}),
+        CtlCommand::Failover { volume_set, force } => {
+            json!({"command": "failover", "volume_set": volume_set, "force": force})
+        }
+        CtlCommand::Failback { volume_set } => json!({"command": "failback", "volume_set": volume_set}),
+        CtlCommand::Recover { volume_set } => json!({"command": "recover", "volume_set": volume_set}),
+        CtlCommand::JoinCleanup { volume_set } => json!({"command": "join-cleanup", "volume_set": volume_set}),
+        CtlCommand::Online { volume_set, site, timeout } => {
+            let mut r = json!({"command": "online", "volume_set": volume_set, "timeout_ms": timeout * 1000});
+            if let Some(s) = site {
+                r["site"] = json!(s);
+            }
+            r
+        }
+        CtlCommand::Offline { volume_set, moving_across_site } => {
+            json!({"command": "offline", "volume_set": volume_set, "moving_across_site": moving_across_site})
+        }
+        CtlCommand::WaitForState { volume_set, state, timeout } => {
+            json!({"command": "wait-for-state", "volume_set": volume_set, "state": state, "timeout_ms": timeout * 1000})
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting tokio")?;
+    let reply = runtime.block_on(admin::request(&socket, &req))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&reply).unwrap_or_default());
+    } else if reply["ok"] == true {
+        match args.command {
+            CtlCommand::Status => print!("{}", crate::admin::status_table(&reply["result"])),
+            _ => println!("ok: {}", reply["result"]),
+        }
+    }
+    if reply["ok"] != true {
+        anyhow::bail!("{}", reply["error"].as_str().unwrap_or("the daemon refused the request"));
+    }
+    Ok(())
 }

@@ -9,9 +9,11 @@
 //!
 //! The NBD codec lives in the `nbd-proto` crate and the backends in `gateway-backend`.
 
+pub mod admin;
 pub mod assemble;
 pub mod cli;
 pub mod config;
 pub mod plugin;
+pub mod replication;
 pub mod server;
 pub mod volume;

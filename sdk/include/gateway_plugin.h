@@ -26,7 +26,8 @@
  *    FUA writes by a write then `flush` when GW_CAP_NATIVE_FUA is not reported, `extents` by
  *    describing every range as allocated data, `cache` as a successful no-op, and `trim` as
  *    a successful no-op. A capability bit without the entry that implements it is ignored.
- *    Required backend entries: open, close, size, capabilities, read, write, flush.
+ *    Required backend entries: open, size, capabilities, read, write, flush (and close,
+ *    unless open allocates nothing).
  *  - Threading. Every backend-table entry (backends and filters, and the `next` layer the
  *    host hands a filter) may be called from any thread, many calls at once, on the same
  *    instance: serialise internally where you must. `size` and `capabilities` are called

@@ -87,7 +87,12 @@ fn guarded<B>(s: &Slot<B>, err: *mut GwError, f: impl FnOnce(&B) -> Result<()>) 
     match catch_unwind(AssertUnwindSafe(|| f(&s.inner))) {
         Ok(Ok(())) => GW_OK,
         Ok(Err(e)) => {
-            set_err(err, &e.to_string());
+            // The kind travels as the code; the text carries the context and the OS error.
+            let text = match &e.source {
+                Some(src) => format!("{}: {src}", e.context),
+                None => e.context.clone(),
+            };
+            set_err(err, &text);
             errno_of(e.kind)
         }
         Err(p) => {

@@ -63,6 +63,17 @@ pub enum Event {
     Tick {
         now_ms: u64,
     },
+    /// The replication engine reports a change of a volume set: `change` is one of
+    /// `link_up`, `link_down`, `resync_complete`, `resync_failed`, `frozen`, `released`,
+    /// `promoted`, `demoted`, `peer_is_production`; `local_site` and `production` say where
+    /// this node is and which site serves the set's volumes now.
+    VolumeSet {
+        volume_set: String,
+        change: String,
+        local_site: String,
+        production: String,
+        detail: String,
+    },
     /// An event this SDK version does not know, passed through as it came.
     #[serde(skip)]
     Unknown(serde_json::Value),
@@ -98,6 +109,17 @@ pub enum Action {
     Log {
         level: String,
         message: String,
+    },
+    /// Ask the replication engine to carry out a mechanism on a volume set: `suspend`,
+    /// `resync`, `freeze`, `run`, `swap`, `failover`, `demote`.
+    Replicate {
+        volume_set: String,
+        op: String,
+    },
+    /// Refuse the admin command being handled; `reason` is shown to the operator and the
+    /// command's other actions are not carried out.
+    Refuse {
+        reason: String,
     },
     /// An action this SDK version does not know, passed through as it came.
     #[serde(skip)]

@@ -17,21 +17,23 @@ use gateway_sdk::{Backend, ErrorKind, ZeroFlags};
 
 const MIB: u64 = 1 << 20;
 
-/// The fixture's own call counters, read through its exported functions.
+/// A C plugin's own call counters, read through its exported functions.
 struct Counters {
     lib: libloading::Library,
+    prefix: &'static str,
 }
 
 impl Counters {
-    fn new(path: &Path) -> Counters {
-        // SAFETY: the fixture is already loaded by the host (libraries are never unloaded);
+    fn new(path: &Path, prefix: &'static str) -> Counters {
+        // SAFETY: the plugin is already loaded by the host (libraries are never unloaded);
         // this only takes another reference to it, and its initialisers are trivial.
-        Counters { lib: unsafe { libloading::Library::new(path) }.expect("reopening the fixture") }
+        Counters { lib: unsafe { libloading::Library::new(path) }.expect("reopening the plugin"), prefix }
     }
 
+    /// `<prefix>_<name>_calls()`, e.g. `fixture_flush_calls()`.
     fn get(&self, name: &str) -> u64 {
-        let sym = format!("fixture_{name}_calls\0");
-        // SAFETY: the fixture exports these as `uint64_t fixture_<name>_calls(void)`.
+        let sym = format!("{}_{name}_calls\0", self.prefix);
+        // SAFETY: the C plugins export these as `uint64_t <prefix>_<name>_calls(void)`.
         let f = unsafe { self.lib.get::<unsafe extern "C" fn() -> u64>(sym.as_bytes()) }.expect("counter symbol");
         // SAFETY: a plain C function without arguments that reads an atomic counter.
         unsafe { f() }
@@ -49,7 +51,7 @@ fn frozen_1_0_backend_runs_with_emulation() {
     let plugin = load(so.to_str().unwrap(), tmp.path()).unwrap();
     assert_eq!((plugin.name(), plugin.kind()), ("fixture10", KIND_BACKEND));
     assert_eq!((plugin.abi_major(), plugin.abi_minor()), (1, 0));
-    let counters = Counters::new(&so);
+    let counters = Counters::new(&so, "fixture");
 
     let layer = open_layer(&plugin, &serde_json::json!({ "size": 8 * MIB }), None).unwrap();
     let b: &dyn Backend = &layer;
@@ -184,6 +186,68 @@ fn frozen_1_0_backend_served_by_the_daemon() {
         "the plugin's host log line is missing:\n{log}"
     );
     assert!(log.contains("older backend table"), "the host did not note the 1.0 table:\n{log}");
+}
+
+/// The other direction: C plugins built against the current header, using every 1.1 entry
+/// natively. A C backend (zero, extents, cache, native FUA) under a C filter that forwards
+/// every call through the `gw_backend_handle` the host exports for the layer below: each call
+/// crosses the ABI twice, C -> Rust -> C, so a wrong function-pointer type in the header
+/// would show here. Nothing is emulated.
+#[test]
+fn current_header_c_plugins_use_every_1_1_entry() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = common::sdk_dir().join("tests/c");
+    let include = common::sdk_dir().join("include");
+    let src = dir.join("backend_v1_1.c");
+    let backend_so = common::build_c_plugin(&[&src], &include, &tmp.path().join("libgw_c11b.so"), &[]);
+    let filter_so = common::build_c_plugin(&[&src], &include, &tmp.path().join("libgw_c11f.so"), &["-DFILTER"]);
+    let (bc, fc) = (Counters::new(&backend_so, "c11"), Counters::new(&filter_so, "c11"));
+    let backend = load(backend_so.to_str().unwrap(), tmp.path()).unwrap();
+    let filter = load(filter_so.to_str().unwrap(), tmp.path()).unwrap();
+    assert_eq!((backend.abi_minor(), filter.abi_minor()), (1, 1));
+    let below: Arc<dyn Backend> = Arc::new(open_layer(&backend, &serde_json::json!({}), None).unwrap());
+    let layer = open_layer(&filter, &serde_json::json!({}), Some(below)).unwrap();
+    let b: &dyn Backend = &layer;
+    let caps = b.capabilities();
+    assert!(caps.can_zero && caps.can_fast_zero && caps.can_extents && caps.can_cache && caps.native_fua, "{caps:?}");
+    assert_eq!(b.size(), 4 * MIB);
+
+    b.write_at(&pattern(3, 8192), 0, false).unwrap();
+    let ext = b.extents(0, 64 * 1024).unwrap();
+    let got: Vec<_> = ext.iter().map(|e| (e.length, e.hole, e.zero)).collect();
+    assert_eq!(got, vec![(8192, false, false), (57344, true, true)]);
+
+    // zero, with its flags intact through both hops.
+    b.zero(0, 4096, ZeroFlags { may_trim: true, ..Default::default() }).unwrap();
+    assert_eq!((fc.get("zero"), bc.get("zero")), (1, 1));
+    assert_eq!(bc.get("last_zero_flags"), u64::from(gateway_sdk::abi::FLAG_MAY_TRIM));
+    b.zero(4096, 4096, ZeroFlags { fast_only: true, fua: true, may_trim: false }).unwrap();
+    let want = gateway_sdk::abi::FLAG_FAST_ONLY | gateway_sdk::abi::FLAG_FUA;
+    assert_eq!(bc.get("last_zero_flags"), u64::from(want));
+    let ext = b.extents(0, 16384).unwrap();
+    let got: Vec<_> = ext.iter().map(|e| (e.length, e.hole)).collect();
+    assert_eq!(got, vec![(4096, true), (4096, false), (8192, true)]);
+    let mut back = vec![1u8; 8192];
+    b.read_at(&mut back, 0).unwrap();
+    assert!(back.iter().all(|&x| x == 0));
+
+    // Native FUA: the flag reaches the backend and no flush is added.
+    let flushes = bc.get("flush");
+    b.write_at(&pattern(4, 4096), MIB, true).unwrap();
+    assert_eq!((bc.get("write_fua"), bc.get("flush")), (1, flushes));
+
+    b.cache(0, MIB).unwrap();
+    assert_eq!((fc.get("cache"), bc.get("cache")), (1, 1));
+    assert_eq!((fc.get("extents"), bc.get("extents")), (2, 2));
+    let emu = &layer.imported().emulation;
+    for (what, n) in [
+        ("zero_by_writes", &emu.zero_by_writes),
+        ("fua_by_flush", &emu.fua_by_flush),
+        ("extents_as_data", &emu.extents_as_data),
+        ("cache_as_noop", &emu.cache_as_noop),
+    ] {
+        assert_eq!(n.load(Ordering::Relaxed), 0, "{what} was emulated for a 1.1 plugin");
+    }
 }
 
 #[test]

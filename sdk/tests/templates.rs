@@ -47,57 +47,77 @@ fn built() -> &'static Built {
     }
 }
 
-fn cargo_build(dir: &Path, target: &Path, offline: bool, deadline: Instant) -> Result<(), String> {
+/// Run `cargo <args> [--offline]` in `dir` with the shared target directory, bounded by
+/// `deadline`; returns stdout.
+fn cargo(dir: &Path, args: &[&str], offline: bool, deadline: Instant) -> Result<String, String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let left = deadline.saturating_duration_since(Instant::now()).as_secs().max(1);
     let mut cmd = Command::new("timeout");
-    cmd.args(["-k", "10", &left.to_string(), &cargo, "build", "--quiet"]);
+    cmd.args(["-k", "10", &left.to_string(), &cargo]).args(args).arg("--quiet");
     if offline {
         cmd.arg("--offline");
     }
+    let target = common::workspace_root().join("target/template-build");
     cmd.current_dir(dir).env("CARGO_TARGET_DIR", target).env_remove("CARGO_BUILD_TARGET");
     let out = cmd.output().map_err(|e| format!("running {cmd:?}: {e}"))?;
     if out.status.success() {
-        return Ok(());
+        return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
     }
     Err(format!(
-        "{cmd:?} in {} exited with {}{}\n{}",
+        "{cmd:?} in {} exited with {}{}\n{}{}",
         dir.display(),
         out.status,
         if out.status.code() == Some(124) { " (timed out)" } else { "" },
+        String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     ))
+}
+
+/// `cargo <args> --offline` (the dependencies are in the local registry cache), falling back
+/// to a networked run if that fails.
+fn cargo_offline_first(dir: &Path, args: &[&str], deadline: Instant) -> Result<String, String> {
+    cargo(dir, args, true, deadline).or_else(|offline| {
+        cargo(dir, args, false, deadline).map_err(|online| format!("offline:\n{offline}\nonline:\n{online}"))
+    })
+}
+
+/// Copy template `kind` into `dest` as a crate of its own: `SDK_PATH` replaced by this sdk's
+/// absolute path, and the workspace's lock file, which pins the dependency versions the
+/// gateway builds with (cargo drops what the template does not use), so --offline finds them.
+fn copy_template(kind: &str, dest: &Path) -> Result<(), String> {
+    let sdk = common::sdk_dir();
+    let src = sdk.join("templates").join(kind);
+    std::fs::create_dir_all(dest.join("src")).map_err(|e| e.to_string())?;
+    let manifest = std::fs::read_to_string(src.join("Cargo.toml")).map_err(|e| e.to_string())?;
+    if !manifest.contains("path = \"SDK_PATH\"") {
+        return Err(format!("templates/{kind}/Cargo.toml has no SDK_PATH placeholder"));
+    }
+    let manifest = manifest.replace("SDK_PATH", sdk.to_str().ok_or("non-UTF-8 sdk path")?);
+    std::fs::write(dest.join("Cargo.toml"), manifest).map_err(|e| e.to_string())?;
+    std::fs::copy(src.join("src/lib.rs"), dest.join("src/lib.rs")).map_err(|e| e.to_string())?;
+    std::fs::copy(common::workspace_root().join("Cargo.lock"), dest.join("Cargo.lock")).map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// A temporary directory outside the workspace.
+fn outside_tempdir() -> Result<tempfile::TempDir, String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    if dir.path().starts_with(common::workspace_root()) {
+        return Err(format!("temporary directory {} is inside the workspace", dir.path().display()));
+    }
+    Ok(dir)
 }
 
 fn build_all() -> Result<Built, String> {
     let started = Instant::now();
     let deadline = started + BUILD_TIMEOUT;
-    let root = common::workspace_root();
-    let sdk = common::sdk_dir();
-    let target = root.join("target/template-build");
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    if dir.path().starts_with(&root) {
-        return Err(format!("temporary directory {} is inside the workspace", dir.path().display()));
-    }
+    let target = common::workspace_root().join("target/template-build");
+    let dir = outside_tempdir()?;
     let mut libs = Vec::new();
     for kind in TEMPLATES {
-        let src = sdk.join("templates").join(kind);
         let crate_dir = dir.path().join(kind);
-        std::fs::create_dir_all(crate_dir.join("src")).map_err(|e| e.to_string())?;
-        let manifest = std::fs::read_to_string(src.join("Cargo.toml")).map_err(|e| e.to_string())?;
-        if !manifest.contains("path = \"SDK_PATH\"") {
-            return Err(format!("templates/{kind}/Cargo.toml has no SDK_PATH placeholder"));
-        }
-        let manifest = manifest.replace("SDK_PATH", sdk.to_str().ok_or("non-UTF-8 sdk path")?);
-        std::fs::write(crate_dir.join("Cargo.toml"), manifest).map_err(|e| e.to_string())?;
-        std::fs::copy(src.join("src/lib.rs"), crate_dir.join("src/lib.rs")).map_err(|e| e.to_string())?;
-        // The workspace's lock file pins the same dependency versions the gateway builds with
-        // (cargo drops what the template does not use), so --offline finds them all.
-        std::fs::copy(root.join("Cargo.lock"), crate_dir.join("Cargo.lock")).map_err(|e| e.to_string())?;
-        if let Err(offline) = cargo_build(&crate_dir, &target, true, deadline) {
-            cargo_build(&crate_dir, &target, false, deadline)
-                .map_err(|online| format!("offline:\n{offline}\nonline:\n{online}"))?;
-        }
+        copy_template(kind, &crate_dir)?;
+        cargo_offline_first(&crate_dir, &["build"], deadline)?;
         let so = format!("libtemplate_{kind}.so");
         let lib = dir.path().join(&so);
         std::fs::copy(target.join("debug").join(&so), &lib).map_err(|e| format!("{so}: {e}"))?;
@@ -146,7 +166,7 @@ fn filter_template_stacked_over_a_memory_export() {
     let uri = d.uri("limited");
     common::qemu_io_ok(&uri, &["write -P 0x11 0 64k", "write -P 0x22 64k 64k"]);
     // The third write is refused by the filter: EPERM reaches the client.
-    let out = common::qemu_io(&uri, &["write -P 0x33 128k 64k"]);
+    let (_, out) = common::qemu_io(&uri, &["write -P 0x33 128k 64k"]);
     assert!(out.contains("write failed") && out.contains("Operation not permitted"), "third write:\n{out}");
     // Reads pass through: the first two writes landed, the third did not.
     common::qemu_io_ok(&uri, &["read -P 0x11 0 64k", "read -P 0x22 64k 64k", "read -P 0 128k 64k"]);
@@ -247,6 +267,41 @@ fn readme_shows_the_template_sources() {
             include_str!("../templates/backend/Cargo.toml").replace("template-backend", &format!("template-{kind}"));
         assert_eq!(manifest, backend, "templates/{kind}/Cargo.toml differs from the backend's beyond the name");
     }
+}
+
+/// The README's unit-test example, appended to the backend template, passes `cargo test`.
+#[test]
+fn readme_unit_test_example_passes() {
+    let readme = include_str!("../README.md");
+    let start = readme.find("```rust\n#[cfg(test)]").expect("the README has a unit-test example") + 8;
+    let example = &readme[start..start + readme[start..].find("```").unwrap()];
+    let dir = outside_tempdir().unwrap();
+    let crate_dir = dir.path().join("backend");
+    copy_template("backend", &crate_dir).unwrap();
+    let lib = crate_dir.join("src/lib.rs");
+    let source = std::fs::read_to_string(&lib).unwrap();
+    std::fs::write(&lib, format!("{source}\n{example}")).unwrap();
+    let out = cargo_offline_first(&crate_dir, &["test"], Instant::now() + BUILD_TIMEOUT)
+        .unwrap_or_else(|e| panic!("cargo test of the README example failed:\n{e}"));
+    assert!(out.contains("test result: ok. 1 passed"), "{out}");
+}
+
+/// Every configuration example in the README that names an export is a valid config.
+#[test]
+fn readme_config_examples_parse() {
+    let readme = include_str!("../README.md");
+    let mut checked = 0;
+    for block in readme.split("```toml\n").skip(1) {
+        let text = &block[..block.find("```").expect("closed fence")];
+        if !text.contains("[[export]]") {
+            continue;
+        }
+        if let Err(e) = gateway::config::Config::parse(text, "README example") {
+            panic!("README example does not parse: {e}\n{text}");
+        }
+        checked += 1;
+    }
+    assert!(checked >= 4, "only {checked} config examples found");
 }
 
 /// The templates build on their own: no workspace member lives under sdk/templates.

@@ -240,12 +240,13 @@ cookie = h.aio_pwrite(buf, 0)
 deadline = time.monotonic() + 0.5
 while time.monotonic() < deadline:
     h.poll(50)
-print("pending", not h.aio_command_completed(cookie))
+pending = not h.aio_command_completed(cookie)
+print("pending", pending)
 other = connect(sys.argv[1])
 print("read while hung", outcome(lambda: other.pread(4096, 8192)))
 os.remove(trigger)
 deadline = time.monotonic() + 20
-done = False
+done = not pending
 while not done and time.monotonic() < deadline:
     h.poll(100)
     try:

@@ -38,9 +38,14 @@ def outcome(f):
     return "%s %.3f" % (r, time.monotonic() - start)
 "#;
 
-fn py(script: &str, args: &[&str]) -> String {
+/// Run a libnbd script; returns (stdout, stderr).
+fn py_out(script: &str, args: &[&str]) -> (String, String) {
     let out = python(&format!("{PY}\n{script}"), args, Duration::from_secs(60)).unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn py(script: &str, args: &[&str]) -> String {
+    py_out(script, args).0
 }
 
 /// Parse `ok 0.001` / `errno=5 1.002` into (outcome, seconds).
@@ -121,22 +126,28 @@ h.shutdown()
     assert_eq!(outcome(lines[1]).0, "errno=5", "write after the panic: {out}");
     let log = g.log();
     assert!(log.contains("plugin panicked: testkit: panic on write; instance marked failed"), "{log}");
-    assert!(log.contains("testkit: plugin failed earlier; refusing read"), "{log}");
+    assert!(log.contains("testkit: plugin failed earlier; refusing write"), "{log}");
     good_serves(&g, 2);
 
-    // An error returned by the plugin: EIO with the plugin's message; writes still work.
-    let out = py(
+    // An error returned by the plugin: EIO with the plugin's message (which the server sends
+    // in its structured error reply; libnbd shows it in its debug output); writes still work.
+    let (out, debug) = py_out(
         r#"
 h = connect(sys.argv[1])
 print(outcome(lambda: h.pwrite(b"e" * 4096, 0)))
+h.set_debug(True)
 print(outcome(lambda: h.pread(4096, 0)))
+h.set_debug(False)
 h.shutdown()
 "#,
         &[&g.uri("erring")],
     );
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.iter().map(|l| outcome(l).0).collect::<Vec<_>>(), ["ok", "errno=5"], "{out}");
-    assert!(g.log().contains("testkit: read: testkit: injected read error"), "{}", g.log());
+    assert!(
+        debug.contains("structured error server message: testkit: read: testkit: injected read error"),
+        "libnbd debug output:\n{debug}"
+    );
     good_serves(&g, 3);
 
     // A write that never returns: EIO after the 1 s call timeout. Meanwhile (once the write
@@ -181,6 +192,27 @@ h.shutdown()
     // The plugin's thread is still blocked (it never returns); the good export still serves.
     good_serves(&g, 5);
     assert!(g.alive(), "{}", g.log());
+}
+
+#[test]
+fn sigterm_ends_the_daemon_despite_a_stuck_plugin_call() {
+    let mut g = Gateway::start(&testkit("slow", "block-on-write", "plugin_call_timeout_ms = 1000\n")).unwrap();
+    let out = py(
+        r#"
+h = connect(sys.argv[1])
+print(outcome(lambda: h.pwrite(b"s" * 4096, 0)))
+h.shutdown()
+"#,
+        &[&g.uri("slow")],
+    );
+    assert_eq!(outcome(out.trim()).0, "errno=5", "{out}");
+    let status = Command::new("kill").args(["-TERM", &g.pid().to_string()]).status().unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while g.alive() {
+        assert!(Instant::now() < deadline, "still running 10 s after SIGTERM:\n{}", g.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Run `gateway serve` with `config`; it must refuse to start (exit 1) without serving.
@@ -240,9 +272,7 @@ fn refuses_a_world_writable_plugin_file() {
     assert!(err.contains("group- or world-writable") && err.contains(lib.to_str().unwrap()), "{err}");
     // The same file, fixed as the message says, loads (so the refusal was the mode).
     std::fs::set_permissions(&lib, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let mut cfg = plugin_backend(lib.to_str().unwrap(), "{ size = 1048576 }");
-    cfg.insert_str(0, &format!("[server]\nplugin_dir = \"{}\"\n", dir.path().display()));
-    let g = Gateway::start(&cfg).unwrap();
+    let g = Gateway::start(&plugin_backend(lib.to_str().unwrap(), "{ size = 1048576 }")).unwrap();
     assert!(g.log().contains("plugin loaded plugin=\"memory\""), "{}", g.log());
 }
 

@@ -60,7 +60,8 @@ fn open_raw(
     // every pointer passed is valid for the call.
     let code = unsafe { open(&HOST_API, GwStr::new(&text), next_ptr, &mut out, &mut err) };
     if code != GW_OK || out.is_null() {
-        let why = if code == GW_EPANIC { format!("panicked: {}", err.message()) } else { err.message() };
+        let msg = err.message();
+        let why = if code == GW_EPANIC && !msg.starts_with("panicked") { format!("panicked: {msg}") } else { msg };
         return Err(plugin.error(&format!("open failed: {why}")));
     }
     Ok(out)

@@ -143,7 +143,11 @@ async fn read(req: &RequestHeader, sel: &Selected) -> Bytes {
     let data = buf.split_off(READ_HEADROOM);
     let mut data = match sel.volume.read(zeroed(data, len), req.offset).await {
         Ok(d) => d,
-        Err(e) => return error_reply(req, sel.structured, &volume_refusal(e)),
+        Err(e) => {
+            let r = volume_refusal(e);
+            tracing::warn!(export = sel.volume.name(), cookie = req.cookie, "Read failed: {}", r.message);
+            return error_reply(req, sel.structured, &r);
+        }
     };
     if !sel.structured {
         let start = READ_HEADROOM - SIMPLE_REPLY_LEN;

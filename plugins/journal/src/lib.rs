@@ -253,7 +253,8 @@ impl Journal {
         let started_unix =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         let mut bytes = Vec::new();
-        let rec = Record { volume: "", seq: session, body: Body::Session { started_unix, pid: std::process::id() as u64 } };
+        let rec =
+            Record { volume: "", seq: session, body: Body::Session { started_unix, pid: std::process::id() as u64 } };
         encode_record(&rec, &mut bytes).map_err(|e| format!("journal {shown}: {e}"))?;
         file.write_all_at(&bytes, existing.end)
             .and_then(|()| file.sync_data())
@@ -320,8 +321,7 @@ fn lock(file: &File) -> Result<(), String> {
     }
     let e = std::io::Error::last_os_error();
     if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-        Err("in use: another export or another gateway has this journal open (one file per component instance)"
-            .into())
+        Err("in use: another export or another gateway has this journal open (one file per component instance)".into())
     } else {
         Err(format!("cannot lock: {e}"))
     }
@@ -403,8 +403,9 @@ fn recover(shared: &Shared, path: &Path, file: &File, len: u64) -> Result<Existi
     let cut = len - stop.offset;
     if salvaged > 0 {
         let side = PathBuf::from(format!("{}.damaged-{}", path.display(), stop.offset));
-        copy_tail(file, stop.offset, len, &side)
-            .map_err(|e| format!("damaged at offset {} ({}); saving the rest to {}: {e}", stop.offset, stop.error, side.display()))?;
+        copy_tail(file, stop.offset, len, &side).map_err(|e| {
+            format!("damaged at offset {} ({}); saving the rest to {}: {e}", stop.offset, stop.error, side.display())
+        })?;
         shared.log(
             1,
             &format!(

@@ -126,10 +126,10 @@ impl BackendPlugin for Misbehave {
         if mode == "panic-in-open" {
             panic!("testkit: panic in open, as configured");
         }
-        let mode = Mode::parse(mode)?;
+        let parsed = Mode::parse(mode)?;
         let size = t.get("size").map(parse_size).transpose()?.unwrap_or(DEFAULT_SIZE);
-        host.log(3, "testkit", &format!("misbehaving backend: mode {mode:?}, size {size}"));
-        Ok(Misbehave { mem: MemoryBackend::new(size), mode, host: *host })
+        host.log(3, "testkit", &format!("testkit backend: mode {mode}, size {size}"));
+        Ok(Misbehave { mem: MemoryBackend::new(size), mode: parsed, host: *host })
     }
 }
 

@@ -139,22 +139,24 @@ impl Drop for Daemon {
     }
 }
 
-/// Run `qemu-io -f raw <uri> -c ...`, returning its combined output (qemu-io exits 0 even
-/// when a command fails, so callers inspect the text; see [`qemu_io_ok`]).
-pub fn qemu_io(uri: &str, cmds: &[&str]) -> String {
+/// Run `qemu-io -f raw <uri> -c ...` (bounded by a timeout), returning whether it exited 0
+/// and its combined output. Some qemu-io versions exit 0 even when a command fails, so
+/// callers inspect the text too; see [`qemu_io_ok`].
+pub fn qemu_io(uri: &str, cmds: &[&str]) -> (bool, String) {
     require_tool("qemu-io");
     let mut c = Command::new("timeout");
     c.args(["-k", "5", "60", "qemu-io", "-f", "raw"]).arg(uri);
     for cmd in cmds {
         c.arg("-c").arg(cmd);
     }
-    let out = run(&mut c);
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    let out = c.output().unwrap_or_else(|e| panic!("running {c:?}: {e}"));
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
 }
 
-/// [`qemu_io`], asserting that no command failed and every pattern verified.
+/// [`qemu_io`], asserting that it exited 0, no command failed and every pattern verified.
 pub fn qemu_io_ok(uri: &str, cmds: &[&str]) -> String {
-    let text = qemu_io(uri, cmds);
+    let (ok, text) = qemu_io(uri, cmds);
+    assert!(ok, "qemu-io {cmds:?} failed:\n{text}");
     for bad in ["Pattern verification failed", "failed:", "error", "Error"] {
         assert!(!text.contains(bad), "qemu-io {cmds:?} reported `{bad}`:\n{text}");
     }

@@ -1,0 +1,226 @@
+//! The admin interface: a unix socket (owner-only, mode 0600) taking one JSON request per
+//! line and answering one JSON response per line. `gateway ctl` is its client.
+//!
+//! Requests: `{"command": "status"}`, `{"command": "wait-for-state", "volume_set": "vs1",
+//! "state": "InSync", "timeout_ms": 60000}`, `{"command": "verify-config"}`, and the
+//! replication commands that go through the recovery policy (`freeze`, `run`, `suspend`,
+//! `resync`, `swap`, `failover`, `failback`, `recover`, `online`, `offline`,
+//! `join-cleanup`) with `"volume_set"` and their arguments. Responses: `{"ok": true,
+//! "result": ...}` or `{"ok": false, "error": "..."}`.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio_util::sync::CancellationToken;
+
+use crate::replication::Engine;
+use crate::server::Exports;
+
+pub struct Admin {
+    pub exports: Exports,
+    pub engine: Option<Arc<Engine>>,
+}
+
+pub async fn serve(path: PathBuf, admin: Arc<Admin>, shutdown: CancellationToken) -> anyhow::Result<()> {
+    if let Ok(m) = std::fs::symlink_metadata(&path) {
+        use std::os::unix::fs::FileTypeExt;
+        anyhow::ensure!(m.file_type().is_socket(), "{} exists and is not a socket", path.display());
+        std::fs::remove_file(&path).with_context(|| format!("removing stale {}", path.display()))?;
+    }
+    let listener = UnixListener::bind(&path).with_context(|| format!("admin socket {}", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("chmod 600 {}", path.display()))?;
+    tracing::info!(socket = %path.display(), "admin interface ready");
+    tokio::spawn(async move {
+        loop {
+            let stream = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = listener.accept() => match r {
+                    Ok((s, _)) => s,
+                    Err(e) => {
+                        tracing::warn!("admin accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let admin = admin.clone();
+            tokio::spawn(async move {
+                if let Err(e) = session(stream, &admin).await {
+                    tracing::debug!("admin connection: {e}");
+                }
+            });
+        }
+        let _ = std::fs::remove_file(&path);
+    });
+    Ok(())
+}
+
+async fn session(stream: UnixStream, admin: &Admin) -> std::io::Result<()> {
+    let (r, mut w) = stream.into_split();
+    let mut lines = BufReader::new(r).lines();
+    while let Some(line) = lines.next_line().await? {
+        let reply = match serde_json::from_str::<Value>(&line) {
+            Ok(req) => handle(admin, req).await,
+            Err(e) => Err(format!("request is not JSON: {e}")),
+        };
+        let out = match reply {
+            Ok(result) => json!({"ok": true, "result": result}),
+            Err(error) => json!({"ok": false, "error": error}),
+        };
+        w.write_all(format!("{out}\n").as_bytes()).await?;
+    }
+    Ok(())
+}
+
+async fn handle(admin: &Admin, req: Value) -> Result<Value, String> {
+    let command = req["command"].as_str().ok_or("request has no `command`")?.to_owned();
+    if command == "status" {
+        let exports: Vec<Value> = admin
+            .exports
+            .volumes()
+            .iter()
+            .map(|v| {
+                json!({
+                    "name": v.name(), "size": v.size(), "backend": v.backend_kind(),
+                    "writable": v.host_write_refusal().is_none(), "failed": v.failed(), "last_seq": v.last_seq(),
+                })
+            })
+            .collect();
+        let replication = admin.engine.as_ref().map(|e| e.status());
+        return Ok(json!({"exports": exports, "replication": replication}));
+    }
+    let engine =
+        admin.engine.as_ref().ok_or("this node has no volume sets ([node] and [[volume_set]] in its config)")?;
+    match command.as_str() {
+        "verify-config" => Ok(engine.verify_config().await),
+        "wait-for-state" => {
+            let name = req["volume_set"].as_str().ok_or("wait-for-state needs `volume_set`")?;
+            let want = req["state"].as_str().ok_or("wait-for-state needs `state`")?.to_owned();
+            let set = engine.set(name).ok_or_else(|| format!("unknown volume set `{name}`"))?;
+            let timeout = Duration::from_millis(req["timeout_ms"].as_u64().unwrap_or(60_000));
+            engine
+                .wait_for(&set, timeout, |st| st.logical == want)
+                .await
+                .map(|()| json!({"volume_set": name, "state": want}))
+                .map_err(|now| format!("volume set {name} is {now}, not {want}, after {timeout:?}"))
+        }
+        "freeze" | "run" | "suspend" | "resync" | "swap" | "failover" | "failback" | "recover" | "online"
+        | "offline" | "join-cleanup" => engine.command(&command, req).await,
+        other => Err(format!("unknown command `{other}`")),
+    }
+}
+
+/// Client side: send one request and return the response.
+pub async fn request(socket: &Path, req: &Value) -> anyhow::Result<Value> {
+    let stream = UnixStream::connect(socket).await.with_context(|| {
+        format!("cannot reach the gateway's admin socket {} (is the daemon running?)", socket.display())
+    })?;
+    let (r, mut w) = stream.into_split();
+    w.write_all(format!("{req}\n").as_bytes()).await?;
+    let mut lines = BufReader::new(r).lines();
+    let line = lines.next_line().await?.context("the daemon closed the admin connection without answering")?;
+    serde_json::from_str(&line).context("admin response is not JSON")
+}
+
+/// The `status` answer as tables for people.
+pub fn status_table(status: &Value) -> String {
+    let mut out = String::new();
+    let row = |cols: &[String], widths: &[usize]| {
+        let mut line = String::new();
+        for (c, w) in cols.iter().zip(widths) {
+            line.push_str(&format!("{c:<w$}  ", w = *w));
+        }
+        line.trim_end().to_owned() + "\n"
+    };
+    let table = |header: &[&str], rows: Vec<Vec<String>>| {
+        let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+        for r in &rows {
+            for (w, c) in widths.iter_mut().zip(r) {
+                *w = (*w).max(c.len());
+            }
+        }
+        let mut t = row(&header.iter().map(|h| h.to_string()).collect::<Vec<_>>(), &widths);
+        for r in rows {
+            t.push_str(&row(&r, &widths));
+        }
+        t
+    };
+    let s = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    };
+    let exports: Vec<Vec<String>> = status["exports"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|e| {
+                    vec![
+                        s(&e["name"]),
+                        bytes(e["size"].as_u64().unwrap_or(0)),
+                        s(&e["backend"]),
+                        if e["writable"] == true { "read-write".into() } else { "read-only".into() },
+                        if e["failed"] == true { "FAILED".into() } else { "ok".into() },
+                        s(&e["last_seq"]),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out.push_str(&table(&["EXPORT", "SIZE", "BACKEND", "ACCESS", "HEALTH", "UPDATES"], exports));
+    if let Some(sets) = status["replication"]["volume_sets"].as_array() {
+        out.push('\n');
+        let rows = sets
+            .iter()
+            .map(|v| {
+                let resync = match v["resync"].as_object() {
+                    None => "-".to_string(),
+                    Some(r) => format!(
+                        "{}/{} at {}/s, eta {}",
+                        bytes(r["done_bytes"].as_u64().unwrap_or(0)),
+                        bytes(r["total_bytes"].as_u64().unwrap_or(0)),
+                        bytes(r["rate_bytes_per_sec"].as_f64().unwrap_or(0.0) as u64),
+                        r["eta_secs"].as_f64().map(|e| format!("{e:.0}s")).unwrap_or_else(|| "-".into())
+                    ),
+                };
+                vec![
+                    s(&v["name"]),
+                    s(&v["state"]),
+                    s(&v["direction"]),
+                    s(&v["flow"]),
+                    if v["link_up"] == true { "up".into() } else { "down".into() },
+                    bytes(v["dirty_bytes"].as_u64().unwrap_or(0)),
+                    resync,
+                    s(&v["last_error"]),
+                ]
+            })
+            .collect();
+        out.push_str(&table(
+            &["VOLUME SET", "STATE", "DIRECTION", "FLOW", "LINK", "DIRTY", "RESYNC", "LAST ERROR"],
+            rows,
+        ));
+    }
+    out
+}
+
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}

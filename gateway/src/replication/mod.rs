@@ -1,0 +1,757 @@
+//! Two-site synchronous replication: the engine at the I/O edge.
+//!
+//! * [`set`]: a volume set at run time (role, flow, bitmaps, queue, persisted state);
+//! * [`observer`]: the built-in **peer** backup component on each replicated volume's write
+//!   path;
+//! * [`sender`]: the production site's data link (updates out, acks in);
+//! * [`receiver`]: the recovery site's data link (apply in order, ack);
+//! * [`control`]: the separate control connection (JSON requests between sites);
+//! * [`resync`]: incremental resync of the regions the change bitmap marks;
+//! * [`link`]: frames over sockets, with deadlines.
+//!
+//! The engine carries out **mechanisms** (suspend, resync, freeze, run, swap, failover,
+//! demote). **Decisions** belong to the recovery policy plugin (`plugins/pprc` by default):
+//! the engine reports what happens as `Event::VolumeSet` and admin commands as
+//! `Event::Admin`, and executes the `Action`s the policy returns. Wire formats live in the
+//! `gateway-replication` crate.
+
+pub mod control;
+pub mod link;
+pub mod observer;
+pub mod receiver;
+pub mod resync;
+pub mod sender;
+pub mod set;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use gateway_replication::bitmap::{ChangeBitmap, Opened};
+use gateway_sdk::policy::{Action, Event, ImportedPolicy};
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, NodeConfig};
+use crate::volume::Volume;
+use observer::PeerObserver;
+use set::{Flow, Item, Persisted, Role, VolumeSet};
+
+/// Reports from the engine's tasks to the policy loop.
+#[derive(Clone)]
+pub struct Events(mpsc::UnboundedSender<(String, String, String)>);
+
+impl Events {
+    pub fn send(&self, set: &str, change: &str, detail: &str) {
+        let _ = self.0.send((set.to_owned(), change.to_owned(), detail.to_owned()));
+    }
+}
+
+/// Peer observers to attach to volumes before they are built, keyed by volume name.
+pub fn observers(config: &Config) -> HashMap<String, Arc<PeerObserver>> {
+    config
+        .volume_sets
+        .iter()
+        .flat_map(|s| s.volumes.iter())
+        .map(|v| (v.clone(), Arc::new(PeerObserver::default())))
+        .collect()
+}
+
+pub struct Engine {
+    node: NodeConfig,
+    sets: Vec<Arc<VolumeSet>>,
+    policy: tokio::sync::Mutex<ImportedPolicy>,
+    events: Events,
+    events_rx: Mutex<Option<mpsc::UnboundedReceiver<(String, String, String)>>>,
+    sessions: Mutex<HashMap<String, CancellationToken>>,
+    started: Instant,
+}
+
+fn secondary_reason(set: &str, production: &str) -> String {
+    format!(
+        "volume set {set}: this site holds the recovery copy (production is site {production}); host writes are refused until a swap or failover"
+    )
+}
+
+impl Engine {
+    /// Build the engine for `config`'s volume sets. `volumes` are the node's exports, already
+    /// carrying the observers from [`observers`]; `policy` is the loaded state-machine plugin.
+    pub fn build(
+        config: &Config,
+        volumes: &[Arc<Volume>],
+        observers: &HashMap<String, Arc<PeerObserver>>,
+        data_dir: &Path,
+        load_policy: impl FnOnce(Value) -> anyhow::Result<ImportedPolicy>,
+    ) -> anyhow::Result<Option<Arc<Engine>>> {
+        let Some(node) = config.node.clone() else { return Ok(None) };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut sets = Vec::new();
+        let mut policy_sets = Vec::new();
+        for cfg in &config.volume_sets {
+            let state_path = data_dir.join(format!("{}.state.json", cfg.name));
+            let first_start = !state_path.exists();
+            let persisted: Persisted = if first_start {
+                let role = if cfg.production == node.site { Role::Primary } else { Role::Secondary };
+                Persisted {
+                    role,
+                    production: cfg.production.clone(),
+                    generation: 1,
+                    logical: "Simplex".into(),
+                    clean: true,
+                }
+            } else {
+                let text = std::fs::read_to_string(&state_path)
+                    .with_context(|| format!("reading {}", state_path.display()))?;
+                serde_json::from_str(&text)
+                    .with_context(|| format!("{}: not a volume set state file", state_path.display()))?
+            };
+            let mut set_volumes = Vec::new();
+            let mut bitmaps = HashMap::new();
+            for name in &cfg.volumes {
+                let v =
+                    volumes.iter().find(|v| v.name() == name).cloned().context("volume of a set is not an export")?;
+                let path = data_dir.join(format!("{}.{}.bitmap", cfg.name, name));
+                let (bm, opened) = ChangeBitmap::open(&path, v.size(), cfg.region_size)?;
+                if let Opened::Reset(why) = &opened {
+                    tracing::warn!(set = %cfg.name, volume = %name, "change bitmap reset to all dirty: {why}");
+                }
+                let full = persisted.role == Role::Primary
+                    && ((first_start && cfg.initial_full_sync) || (!first_start && !persisted.clean));
+                if full {
+                    if !first_start {
+                        tracing::warn!(set = %cfg.name, volume = %name, "previous run did not stop cleanly: every region will be resynced");
+                    }
+                    bm.set_all();
+                    bm.persist()?;
+                }
+                bitmaps.insert(name.clone(), Arc::new(bm));
+                set_volumes.push(v);
+            }
+            policy_sets.push(json!({
+                "name": cfg.name, "mode": "sync", "production": persisted.production, "peer": cfg.peer_site,
+                "on_link_loss": match cfg.on_link_loss { crate::config::LinkLossPolicy::Continue => "continue", _ => "freeze" },
+                "auto_resync": cfg.auto_resync,
+            }));
+            let set = VolumeSet::new(cfg.clone(), node.site.clone(), set_volumes, bitmaps, persisted, state_path);
+            for name in &cfg.volumes {
+                if let Some(o) = observers.get(name) {
+                    o.bind(set.clone());
+                }
+            }
+            set.persist(false)?;
+            sets.push(set);
+        }
+        let policy = load_policy(json!({ "local_site": node.site, "sets": policy_sets }))?;
+        Ok(Some(Arc::new(Engine {
+            node,
+            sets,
+            policy: tokio::sync::Mutex::new(policy),
+            events: Events(tx),
+            events_rx: Mutex::new(Some(rx)),
+            sessions: Mutex::new(HashMap::new()),
+            started: Instant::now(),
+        })))
+    }
+
+    pub fn site(&self) -> &str {
+        &self.node.site
+    }
+
+    pub fn set(&self, name: &str) -> Option<Arc<VolumeSet>> {
+        self.sets.iter().find(|s| s.name() == name).cloned()
+    }
+
+    pub fn events(&self) -> &Events {
+        &self.events
+    }
+
+    pub fn sets(&self) -> &[Arc<VolumeSet>] {
+        &self.sets
+    }
+
+    /// Bind the listeners, settle roles with the peer, start every task.
+    pub async fn start(self: &Arc<Self>, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let data = TcpListener::bind(self.node.replication_listen)
+            .await
+            .with_context(|| format!("cannot listen for replication on {}", self.node.replication_listen))?;
+        let control = TcpListener::bind(self.node.control_listen)
+            .await
+            .with_context(|| format!("cannot listen for control on {}", self.node.control_listen))?;
+        tracing::info!(site = self.site(), replication = %data.local_addr()?, control = %control.local_addr()?, "replication listening");
+        for set in &self.sets {
+            self.settle_role(set).await;
+            let st = set.state();
+            let reason = (st.role == Role::Secondary).then(|| secondary_reason(set.name(), &st.production));
+            for v in &set.volumes {
+                v.block_host_writes(reason.clone());
+            }
+        }
+        tokio::spawn(receiver::serve(data, self.clone(), shutdown.clone()));
+        tokio::spawn(control::serve(control, self.clone(), shutdown.clone()));
+        if let Some(rx) = self.events_rx.lock().take() {
+            tokio::spawn(self.clone().event_loop(rx, shutdown.clone()));
+        }
+        self.deliver(&Event::Started { node: self.site().to_owned(), role: "server".into() }).await;
+        for set in &self.sets {
+            let change = if set.state().role == Role::Primary { "promoted" } else { "demoted" };
+            self.events.send(set.name(), change, "state at start");
+            tokio::spawn(sender::run(set.clone(), self.events.clone(), shutdown.clone()));
+        }
+        Ok(())
+    }
+
+    /// A production site that restarts asks its peer first: if the peer took over (newer
+    /// generation), this site steps down before serving a single write.
+    async fn settle_role(&self, set: &Arc<VolumeSet>) {
+        let st = set.state();
+        if st.role != Role::Primary {
+            return;
+        }
+        let q = control::request(
+            set.cfg.peer_control,
+            self.site(),
+            set.name(),
+            json!({"op": "state", "volume_set": set.name()}),
+        )
+        .await;
+        match q {
+            Ok(v) if v["role"] == "primary" && v["generation"].as_u64().unwrap_or(0) > st.generation => {
+                let g = v["generation"].as_u64().unwrap_or(st.generation);
+                tracing::warn!(
+                    set = set.name(),
+                    peer_generation = g,
+                    "peer took over while this site was down: stepping down"
+                );
+                self.demote(set, g);
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(set = set.name(), "peer not reachable at start ({e}); serving as production"),
+        }
+    }
+
+    pub fn replace_session(&self, set: &str, token: CancellationToken) {
+        if let Some(old) = self.sessions.lock().insert(set.to_owned(), token) {
+            old.cancel();
+        }
+    }
+
+    /// The peer wants to send us updates with `generation`: accept if it is entitled to.
+    pub async fn accept_primary(&self, set: &Arc<VolumeSet>, generation: u64) -> Result<(), String> {
+        let st = set.state();
+        match st.role {
+            Role::Secondary if generation >= st.generation => {
+                set.update(|s| {
+                    s.generation = generation;
+                    s.production = set.cfg.peer_site.clone();
+                });
+                let _ = set.persist(false);
+                Ok(())
+            }
+            Role::Secondary => {
+                Err(format!("stale generation {generation}: this site knows generation {}", st.generation))
+            }
+            Role::Primary if generation > st.generation => {
+                tracing::warn!(
+                    set = set.name(),
+                    generation,
+                    "peer is production with a newer generation: stepping down"
+                );
+                self.demote(set, generation);
+                Ok(())
+            }
+            Role::Primary => Err(format!(
+                "stale: site {} is production of {} with generation {} (yours is {generation})",
+                self.site(),
+                set.name(),
+                st.generation
+            )),
+        }
+    }
+
+    fn demote(&self, set: &Arc<VolumeSet>, generation: u64) {
+        set.update(|s| {
+            s.role = Role::Secondary;
+            s.production = set.cfg.peer_site.clone();
+            s.generation = s.generation.max(generation);
+            s.flow = Flow::Tracking;
+        });
+        let reason = secondary_reason(set.name(), &set.cfg.peer_site);
+        for v in &set.volumes {
+            v.block_host_writes(Some(reason.clone()));
+        }
+        let _ = set.persist(false);
+        self.events.send(set.name(), "demoted", "");
+    }
+
+    fn promote(&self, set: &Arc<VolumeSet>, generation: u64, flow: Flow) {
+        set.update(|s| {
+            s.role = Role::Primary;
+            s.production = self.site().to_owned();
+            s.generation = generation;
+            s.flow = flow;
+        });
+        for v in &set.volumes {
+            v.block_host_writes(None);
+        }
+        let _ = set.persist(false);
+        self.events.send(set.name(), "promoted", "");
+    }
+
+    async fn event_loop(
+        self: Arc<Self>,
+        mut rx: mpsc::UnboundedReceiver<(String, String, String)>,
+        shutdown: CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            let event = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => Event::Tick { now_ms: self.started.elapsed().as_millis() as u64 },
+                e = rx.recv() => match e {
+                    Some((set, change, detail)) => {
+                        let st = self.set(&set).map(|s| s.state());
+                        Event::VolumeSet {
+                            volume_set: set,
+                            change,
+                            local_site: self.site().to_owned(),
+                            production: st.map(|s| s.production).unwrap_or_default(),
+                            detail,
+                        }
+                    }
+                    None => return,
+                },
+            };
+            self.deliver(&event).await;
+        }
+    }
+
+    /// Feed an event to the policy and carry out its actions.
+    async fn deliver(self: &Arc<Self>, event: &Event) {
+        let actions = {
+            let mut p = self.policy.lock().await;
+            match p.on_event(event) {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::error!("policy: {e}");
+                    return;
+                }
+            }
+        };
+        for a in actions {
+            if let Err(e) = self.execute(&a).await {
+                tracing::warn!(action = %a.to_json(), "action failed: {e}");
+            }
+        }
+    }
+
+    async fn execute(self: &Arc<Self>, action: &Action) -> Result<(), String> {
+        match action {
+            Action::SetVolumeSetState { volume_set, state } => {
+                let set = self.set(volume_set).ok_or_else(|| format!("unknown volume set {volume_set}"))?;
+                set.update(|s| s.logical = state.clone());
+                set.persist(false).map_err(|e| e.to_string())
+            }
+            Action::Replicate { volume_set, op } => self.mechanism(volume_set, op).await,
+            Action::Log { level, message } => {
+                match level.as_str() {
+                    "error" => tracing::error!(policy = "replication", "{message}"),
+                    "warn" => tracing::warn!(policy = "replication", "{message}"),
+                    _ => tracing::info!(policy = "replication", "{message}"),
+                }
+                Ok(())
+            }
+            Action::Refuse { reason } => Err(reason.clone()),
+            other => {
+                tracing::warn!(action = %other.to_json(), "action not carried out: the replication engine has no mechanism for it");
+                Ok(())
+            }
+        }
+    }
+
+    /// Carry out one mechanism on a set.
+    pub async fn mechanism(self: &Arc<Self>, name: &str, op: &str) -> Result<(), String> {
+        let set = self.set(name).ok_or_else(|| format!("unknown volume set {name}"))?;
+        let st = set.state();
+        match op {
+            "suspend" => {
+                set.update(|s| {
+                    if s.flow == Flow::Mirroring {
+                        s.flow = Flow::Tracking;
+                    }
+                });
+                Ok(())
+            }
+            "freeze" => {
+                set.update(|s| {
+                    s.flow = Flow::Frozen;
+                    s.frozen_since = Some(Instant::now());
+                });
+                self.events.send(name, "frozen", "freeze command");
+                let (set2, events) = (set.clone(), self.events.clone());
+                let timeout = set.cfg.freeze_timeout;
+                tokio::spawn(async move {
+                    tokio::time::sleep(timeout).await;
+                    let released = set2.update(|s| {
+                        let expired = s.flow == Flow::Frozen && s.frozen_since.is_some_and(|t| t.elapsed() >= timeout);
+                        if expired {
+                            s.flow = Flow::Tracking;
+                            s.frozen_since = None;
+                        }
+                        expired
+                    });
+                    if released {
+                        tracing::warn!(
+                            set = set2.name(),
+                            "freeze timed out after {timeout:?}: host I/O released, changes tracked"
+                        );
+                        events.send(set2.name(), "released", "freeze timeout");
+                    }
+                });
+                Ok(())
+            }
+            "run" => {
+                let was = set.update(|s| {
+                    let was = s.flow == Flow::Frozen;
+                    if was {
+                        s.flow = Flow::Tracking;
+                        s.frozen_since = None;
+                    }
+                    was
+                });
+                if was {
+                    self.events.send(name, "released", "run command");
+                }
+                Ok(())
+            }
+            "resync" => {
+                if st.role != Role::Primary {
+                    return Err(format!("resync of {name} must run at the production site ({})", st.production));
+                }
+                if !st.link_up {
+                    return Err(format!("resync of {name}: the data link to {} is down", set.cfg.peer_site));
+                }
+                if st.resync.is_some() {
+                    return Ok(());
+                }
+                self.fetch_peer_bitmaps(&set).await?;
+                set.update(|s| s.flow = Flow::Mirroring);
+                tokio::spawn(resync::run(set.clone(), self.events.clone()));
+                Ok(())
+            }
+            "swap" => match st.role {
+                Role::Primary => self.swap_out(&set).await,
+                Role::Secondary => {
+                    let r = control::request(
+                        set.cfg.peer_control,
+                        self.site(),
+                        name,
+                        json!({"op": "swap", "volume_set": name}),
+                    )
+                    .await?;
+                    ok_or(r)
+                }
+            },
+            "failover" => {
+                if st.role == Role::Primary {
+                    return Ok(());
+                }
+                self.promote(&set, st.generation + 1, Flow::Tracking);
+                tracing::warn!(
+                    set = name,
+                    "failover: this site is production now; changes are tracked for the old site"
+                );
+                Ok(())
+            }
+            "demote" => {
+                self.demote(&set, st.generation);
+                Ok(())
+            }
+            other => Err(format!("unknown replication mechanism `{other}`")),
+        }
+    }
+
+    /// Planned swap from this (production) site: stop host writes, drain and flush the link,
+    /// have the peer take over with the next generation, then step down.
+    async fn swap_out(self: &Arc<Self>, set: &Arc<VolumeSet>) -> Result<(), String> {
+        let st = set.state();
+        if st.flow != Flow::Mirroring || !st.link_up {
+            return Err(format!(
+                "swap of {} needs it mirroring with the link up (flow {:?}, link up {})",
+                set.name(),
+                st.flow,
+                st.link_up
+            ));
+        }
+        let reason = format!("volume set {}: swap in progress", set.name());
+        for v in &set.volumes {
+            v.block_host_writes(Some(reason.clone()));
+        }
+        let restore = |why: String| {
+            for v in &set.volumes {
+                v.block_host_writes(None);
+            }
+            Err(why)
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        set.enqueue(Item::Flush { done: tx });
+        match tokio::time::timeout(Duration::from_secs(30), rx).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => return restore(format!("swap of {}: draining to the peer failed: {e}", set.name())),
+            _ => return restore(format!("swap of {}: the peer did not confirm the drain", set.name())),
+        }
+        if set.state().flow != Flow::Mirroring {
+            return restore(format!("swap of {}: the link failed while draining", set.name()));
+        }
+        let generation = st.generation + 1;
+        let req = json!({"op": "promote", "volume_set": set.name(), "generation": generation});
+        match control::request(set.cfg.peer_control, self.site(), set.name(), req).await.and_then(ok_or) {
+            Ok(()) => {
+                self.demote(set, generation);
+                tracing::info!(set = set.name(), production = %set.cfg.peer_site, "swap done");
+                Ok(())
+            }
+            Err(e) => restore(format!("swap of {}: the peer did not take over: {e}", set.name())),
+        }
+    }
+
+    /// Merge the peer's change bitmaps (regions it may hold differently, e.g. an old
+    /// production site's last writes before a force swap) into ours before a resync.
+    async fn fetch_peer_bitmaps(&self, set: &Arc<VolumeSet>) -> Result<(), String> {
+        for (volume, bm) in &set.bitmaps {
+            let req = json!({"op": "bitmap", "volume_set": set.name(), "volume": volume});
+            let r = control::request(set.cfg.peer_control, self.site(), set.name(), req).await?;
+            if r["ok"] != true {
+                return Err(format!("peer bitmap of {volume}: {}", r["error"]));
+            }
+            let words: Vec<u64> = serde_json::from_value(r["words"].clone()).map_err(|e| e.to_string())?;
+            if words.iter().any(|w| *w != 0) {
+                tracing::info!(set = set.name(), volume, "merging the peer's change bitmap into the resync");
+                bm.merge_words(&words);
+                let bm2 = bm.clone();
+                tokio::task::spawn_blocking(move || bm2.persist())
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())?;
+            }
+            let req = json!({"op": "bitmap-clear", "volume_set": set.name(), "volume": volume});
+            control::request(set.cfg.peer_control, self.site(), set.name(), req).await.and_then(ok_or)?;
+        }
+        Ok(())
+    }
+
+    /// Requests from the peer's control connection.
+    pub async fn control(self: &Arc<Self>, from: &str, req: Value) -> Value {
+        let name = req["volume_set"].as_str().unwrap_or_default();
+        let Some(set) = self.set(name) else {
+            return json!({"ok": false, "error": format!("unknown volume set `{name}` at site {}", self.site())});
+        };
+        if from != set.cfg.peer_site {
+            return json!({"ok": false, "error": format!("site `{from}` is not the peer of {name}")});
+        }
+        let st = set.state();
+        match req["op"].as_str().unwrap_or_default() {
+            "state" => json!({
+                "ok": true, "role": st.role, "production": st.production, "generation": st.generation,
+                "state": st.logical, "link_up": st.link_up,
+            }),
+            "promote" => {
+                let g = req["generation"].as_u64().unwrap_or(st.generation + 1);
+                if st.role == Role::Primary {
+                    return json!({"ok": false, "error": format!("site {} is already production of {name}", self.site())});
+                }
+                self.promote(&set, g.max(st.generation + 1), Flow::Mirroring);
+                json!({"ok": true})
+            }
+            "swap" => match self.swap_out(&set).await {
+                Ok(()) => json!({"ok": true}),
+                Err(e) => json!({"ok": false, "error": e}),
+            },
+            "bitmap" => match set.bitmaps.get(req["volume"].as_str().unwrap_or_default()) {
+                Some(bm) => json!({"ok": true, "words": bm.words()}),
+                None => json!({"ok": false, "error": "no such volume in the set"}),
+            },
+            "bitmap-clear" => match set.bitmaps.get(req["volume"].as_str().unwrap_or_default()) {
+                Some(bm) if st.role == Role::Secondary => {
+                    bm.clear_all();
+                    match bm.persist() {
+                        Ok(()) => json!({"ok": true}),
+                        Err(e) => json!({"ok": false, "error": e.to_string()}),
+                    }
+                }
+                Some(_) => json!({"ok": false, "error": "only the recovery site hands its bitmap over"}),
+                None => json!({"ok": false, "error": "no such volume in the set"}),
+            },
+            "config" => json!({
+                "ok": true,
+                "site": self.site(),
+                "peer_site": set.cfg.peer_site,
+                "volumes": set.volumes.iter().map(|v| json!({"name": v.name(), "size": v.size()})).collect::<Vec<_>>(),
+                "region_size": set.cfg.region_size,
+            }),
+            other => json!({"ok": false, "error": format!("unknown control request `{other}`")}),
+        }
+    }
+
+    /// Status of every set, for `gateway ctl status`.
+    pub fn status(&self) -> Value {
+        let sets: Vec<Value> = self
+            .sets
+            .iter()
+            .map(|s| {
+                let st = s.state();
+                json!({
+                    "name": s.name(),
+                    "state": st.logical,
+                    "role": st.role,
+                    "production": st.production,
+                    "direction": if st.role == Role::Primary { format!("{} -> {}", self.site(), s.cfg.peer_site) } else { format!("{} -> {}", s.cfg.peer_site, self.site()) },
+                    "flow": st.flow,
+                    "link_up": st.link_up,
+                    "generation": st.generation,
+                    "dirty_bytes": s.dirty_bytes(),
+                    "resync": st.resync.as_ref().map(|p| json!({
+                        "done_bytes": p.done_bytes, "total_bytes": p.total_bytes,
+                        "rate_bytes_per_sec": p.rate(), "eta_secs": p.eta_secs(),
+                    })),
+                    "resync_bytes_sent": s.resync_bytes_sent.load(std::sync::atomic::Ordering::Relaxed),
+                    "updates_mirrored": s.updates_sent.load(std::sync::atomic::Ordering::Relaxed),
+                    "last_error": st.last_error,
+                    "volumes": s.volumes.iter().map(|v| v.name().to_owned()).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        json!({ "site": self.site(), "volume_sets": sets })
+    }
+
+    /// An admin command that goes through the policy; returns an error naming the reason.
+    pub async fn command(self: &Arc<Self>, command: &str, args: Value) -> Result<Value, String> {
+        let name = args["volume_set"].as_str().unwrap_or_default().to_owned();
+        let set = self
+            .set(&name)
+            .ok_or_else(|| format!("unknown volume set `{name}` (this site has: {})", self.set_names()))?;
+        let actions = {
+            let mut p = self.policy.lock().await;
+            p.on_event(&Event::Admin { command: command.to_owned(), args: args.clone() })?
+        };
+        if let Some(Action::Refuse { reason }) = actions.iter().find(|a| matches!(a, Action::Refuse { .. })) {
+            return Err(reason.clone());
+        }
+        for a in &actions {
+            self.execute(a).await.map_err(|e| format!("{command} {name}: {e} (state {})", set.state().logical))?;
+        }
+        if command == "online" {
+            let site = args["site"].as_str().unwrap_or(self.site()).to_owned();
+            let timeout = Duration::from_millis(args["timeout_ms"].as_u64().unwrap_or(60_000));
+            self.wait_for(&set, timeout, |st| {
+                st.production == site
+                    && matches!(st.logical.as_str(), "InSync" | "OutOfSync" | "RecoverySite-ForceSwap")
+            })
+            .await
+            .map_err(|st| format!("online {name} at {site}: still {st} after {timeout:?}"))?;
+        }
+        Ok(
+            json!({"volume_set": name, "state": set.state().logical, "actions": actions.iter().map(|a| a.to_json()).collect::<Vec<_>>()}),
+        )
+    }
+
+    fn set_names(&self) -> String {
+        self.sets.iter().map(|s| s.name().to_owned()).collect::<Vec<_>>().join(", ")
+    }
+
+    /// Wait until `ok(state)` holds; on timeout, the state it was left in.
+    pub async fn wait_for(
+        &self,
+        set: &Arc<VolumeSet>,
+        timeout: Duration,
+        ok: impl Fn(&set::SetState) -> bool,
+    ) -> Result<(), String> {
+        let mut rx = set.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let st = set.state();
+            if ok(&st) {
+                return Ok(());
+            }
+            if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
+                return Err(st.logical);
+            }
+        }
+    }
+
+    /// Compare this site's definition of each set with the peer's.
+    pub async fn verify_config(&self) -> Value {
+        let mut problems = Vec::new();
+        for set in &self.sets {
+            let req = json!({"op": "config", "volume_set": set.name()});
+            match control::request(set.cfg.peer_control, self.site(), set.name(), req).await {
+                Err(e) => problems.push(format!("{}: peer unreachable: {e}", set.name())),
+                Ok(r) if r["ok"] != true => problems.push(format!("{}: peer says: {}", set.name(), r["error"])),
+                Ok(r) => {
+                    if r["site"] != set.cfg.peer_site.as_str() {
+                        problems.push(format!(
+                            "{}: peer calls itself {} but is configured as {}",
+                            set.name(),
+                            r["site"],
+                            set.cfg.peer_site
+                        ));
+                    }
+                    if r["peer_site"] != self.site() {
+                        problems.push(format!(
+                            "{}: peer names its peer {} instead of {}",
+                            set.name(),
+                            r["peer_site"],
+                            self.site()
+                        ));
+                    }
+                    if r["region_size"] != set.cfg.region_size {
+                        problems.push(format!(
+                            "{}: region size differs ({} here, {} at the peer)",
+                            set.name(),
+                            set.cfg.region_size,
+                            r["region_size"]
+                        ));
+                    }
+                    let theirs: Vec<(String, u64)> = r["volumes"]
+                        .as_array()
+                        .map(|a| {
+                            a.iter()
+                                .map(|v| (v["name"].as_str().unwrap_or("").to_owned(), v["size"].as_u64().unwrap_or(0)))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    let ours: Vec<(String, u64)> =
+                        set.volumes.iter().map(|v| (v.name().to_owned(), v.size())).collect();
+                    if theirs != ours {
+                        problems.push(format!("{}: volumes differ (here {ours:?}, peer {theirs:?})", set.name()));
+                    }
+                }
+            }
+        }
+        json!({"ok": problems.is_empty(), "problems": problems})
+    }
+
+    /// Orderly stop: record that every set stopped cleanly (volumes are flushed by then).
+    pub fn stopped_cleanly(&self) {
+        for s in &self.sets {
+            for bm in s.bitmaps.values() {
+                let _ = bm.persist();
+            }
+            if let Err(e) = s.persist(true) {
+                tracing::error!(set = s.name(), "cannot record clean shutdown: {e}");
+            }
+        }
+    }
+}
+
+fn ok_or(r: Value) -> Result<(), String> {
+    if r["ok"] == true {
+        Ok(())
+    } else {
+        Err(r["error"].as_str().unwrap_or("peer refused").to_owned())
+    }
+}

@@ -1,0 +1,178 @@
+//! The recovery site's end of the data link: accepts the production site's connection, applies
+//! each update to the local volume in order through its write path, and acknowledges it.
+//! Nothing is applied from a frame that fails its checks: the connection is reset and logged.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use gateway_backend::ZeroFlags;
+use gateway_replication::frame::{
+    Channel, FrameError, Message, UpdateOp, CURRENT_VERSION, UPDATE_FLAG_FUA, UPDATE_FLAG_MAY_TRIM,
+};
+use tokio::io::{AsyncWrite, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use super::link::{self, FrameReader, LinkError, LINK_TIMEOUT};
+use super::set::{Role, VolumeSet};
+use super::Engine;
+
+pub async fn serve(listener: TcpListener, engine: Arc<Engine>, shutdown: CancellationToken) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!("replication accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let engine = engine.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            if let Err(e) = session(stream, &engine, shutdown).await {
+                tracing::warn!(%peer, "replication data connection closed: {e}");
+            }
+        });
+    }
+}
+
+/// Answer a first frame that is not a usable Hello with a refusal that says why.
+async fn refuse<W: AsyncWrite + Unpin>(w: &mut W, reason: String) -> LinkError {
+    let _ = link::send(w, &Message::Refused { reason: reason.clone() }).await;
+    LinkError::Refused(reason)
+}
+
+async fn session(stream: TcpStream, engine: &Arc<Engine>, shutdown: CancellationToken) -> Result<(), LinkError> {
+    let (r, w) = stream.into_split();
+    let mut reader = FrameReader::new(r);
+    let mut writer = BufWriter::with_capacity(256 * 1024, w);
+    let hello = match reader.next(LINK_TIMEOUT).await {
+        Ok(m) => m,
+        Err(LinkError::Frame(FrameError::Version { got })) => {
+            return Err(refuse(
+                &mut writer,
+                format!(
+                    "replication protocol version {got} is not supported; this node speaks version {CURRENT_VERSION}"
+                ),
+            )
+            .await);
+        }
+        Err(e) => return Err(e),
+    };
+    let Message::Hello { node, channel: Channel::Data, volume_set, generation } = hello else {
+        return Err(refuse(&mut writer, "expected a data-channel hello".into()).await);
+    };
+    let Some(set) = engine.set(&volume_set) else {
+        return Err(refuse(&mut writer, format!("unknown volume set `{volume_set}` at site {}", engine.site())).await);
+    };
+    if node != set.cfg.peer_site {
+        return Err(refuse(
+            &mut writer,
+            format!("site `{node}` is not the peer of {volume_set} (expected `{}`)", set.cfg.peer_site),
+        )
+        .await);
+    }
+    if let Err(reason) = engine.accept_primary(&set, generation).await {
+        return Err(refuse(&mut writer, reason).await);
+    }
+    link::send(&mut writer, &Message::Welcome { node: engine.site().to_owned(), generation: set.state().generation })
+        .await?;
+    let session = CancellationToken::new();
+    engine.replace_session(set.name(), session.clone());
+    set.update(|st| st.link_up = true);
+    engine.events().send(set.name(), "link_up", &format!("from {node}"));
+    tracing::info!(set = set.name(), %node, "replication data link accepted");
+    let result = apply_loop(&set, &mut reader, &mut writer, &session, &shutdown).await;
+    set.update(|st| {
+        st.link_up = false;
+        if let Err(e) = &result {
+            st.last_error = Some(e.to_string());
+        }
+    });
+    let why = result.as_ref().err().map(|e| e.to_string()).unwrap_or_else(|| "closed".into());
+    engine.events().send(set.name(), "link_down", &why);
+    result
+}
+
+async fn apply_loop<R, W>(
+    set: &Arc<VolumeSet>,
+    reader: &mut FrameReader<R>,
+    writer: &mut W,
+    session: &CancellationToken,
+    shutdown: &CancellationToken,
+) -> Result<(), LinkError>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    loop {
+        let msg = tokio::select! {
+            _ = session.cancelled() => return Ok(()),
+            _ = shutdown.cancelled() => return Ok(()),
+            m = reader.next(LINK_TIMEOUT) => m?,
+        };
+        if set.state().role != Role::Secondary {
+            return Err(LinkError::Refused(format!(
+                "site is now production of {}; closing the inbound link",
+                set.name()
+            )));
+        }
+        let reply = match msg {
+            Message::Update { volume, seq, offset, op, flags, length, data } => {
+                match apply(set, &volume, offset, op, flags, length, data).await {
+                    Ok(()) => Message::Ack { volume, seq },
+                    Err(message) => Message::Nack { volume, seq, errno: 5, message },
+                }
+            }
+            Message::Flush { token } => {
+                let mut failed = Vec::new();
+                for v in &set.volumes {
+                    if let Err(e) = v.flush().await {
+                        failed.push(format!("{}: {e}", v.name()));
+                    }
+                }
+                Message::FlushAck { token, ok: failed.is_empty(), message: failed.join("; ") }
+            }
+            Message::ResyncData { volume, token, offset, data } => {
+                let len = data.len() as u64;
+                match apply(set, &volume, offset, UpdateOp::Write, 0, len, data).await {
+                    Ok(()) => Message::ResyncAck { token, ok: true, message: String::new() },
+                    Err(message) => Message::ResyncAck { token, ok: false, message },
+                }
+            }
+            Message::Heartbeat { nonce } => Message::HeartbeatAck { nonce },
+            _ => return Err(LinkError::Unexpected("frame on the data link")),
+        };
+        link::send(writer, &reply).await?;
+    }
+}
+
+async fn apply(
+    set: &VolumeSet,
+    volume: &str,
+    offset: u64,
+    op: UpdateOp,
+    flags: u8,
+    length: u64,
+    data: Vec<u8>,
+) -> Result<(), String> {
+    let v = set.volume(volume).ok_or_else(|| format!("volume `{volume}` is not in set {}", set.name()))?;
+    if offset.checked_add(length).is_none_or(|end| end > v.size()) {
+        return Err(format!("update {offset}+{length} is beyond `{volume}` (size {})", v.size()));
+    }
+    let fua = flags & UPDATE_FLAG_FUA != 0;
+    let r = match op {
+        UpdateOp::Write => v.write(Bytes::from(data), offset, fua).await,
+        UpdateOp::Trim => v.trim(offset, length, fua).await,
+        UpdateOp::Zero => {
+            let flags = ZeroFlags { may_trim: flags & UPDATE_FLAG_MAY_TRIM != 0, fast_only: false, fua };
+            v.zero(offset, length, flags).await
+        }
+    };
+    r.map_err(|e| e.to_string())
+}
