@@ -254,7 +254,8 @@ fn current_header_c_plugins_use_every_1_1_entry() {
 fn entry_point_of_another_major_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let so = common::build_fixture10(tmp.path(), "libgw_v2.so", &["-DGW_ENTRY=gw_plugin_entry_v2"]);
-    let e = load(so.to_str().unwrap(), tmp.path()).err().expect("a v2-only library must be refused").to_string();
+    let Err(e) = load(so.to_str().unwrap(), tmp.path()) else { panic!("a v2-only library must be refused") };
+    let e = e.to_string();
     assert!(e.contains("major 2") && e.contains("gw_plugin_entry_v2"), "{e}");
     assert!(e.contains(&format!("major {ABI_MAJOR}")) && e.contains("libgw_v2.so"), "{e}");
 }
@@ -263,7 +264,8 @@ fn entry_point_of_another_major_is_refused() {
 fn descriptor_claiming_another_major_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let so = common::build_fixture10(tmp.path(), "libgw_liar.so", &["-DGW_DESC_MAJOR=2"]);
-    let e = load(so.to_str().unwrap(), tmp.path()).err().expect("a major-2 descriptor must be refused").to_string();
+    let Err(e) = load(so.to_str().unwrap(), tmp.path()) else { panic!("a major-2 descriptor must be refused") };
+    let e = e.to_string();
     assert!(e.contains("ABI 2.0") && e.contains("ABI 1.x") && e.contains("libgw_liar.so"), "{e}");
 }
 

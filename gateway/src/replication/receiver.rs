@@ -88,14 +88,22 @@ async fn session(stream: TcpStream, engine: &Arc<Engine>, shutdown: Cancellation
     engine.events().send(set.name(), "link_up", &format!("from {node}"));
     tracing::info!(set = set.name(), %node, "replication data link accepted");
     let result = apply_loop(&set, &mut reader, &mut writer, &session, &shutdown).await;
-    set.update(|st| {
-        st.link_up = false;
-        if let Err(e) = &result {
-            st.last_error = Some(e.to_string());
+    // Once this site is production, the inbound link's end says nothing about the link
+    // that matters (the outbound one); only a recovery site reports it.
+    let still_secondary = set.update(|st| {
+        let secondary = st.role == Role::Secondary;
+        if secondary {
+            st.link_up = false;
+            if let Err(e) = &result {
+                st.last_error = Some(e.to_string());
+            }
         }
+        secondary
     });
-    let why = result.as_ref().err().map(|e| e.to_string()).unwrap_or_else(|| "closed".into());
-    engine.events().send(set.name(), "link_down", &why);
+    if still_secondary && !session.is_cancelled() {
+        let why = result.as_ref().err().map(|e| e.to_string()).unwrap_or_else(|| "closed".into());
+        engine.events().send(set.name(), "link_down", &why);
+    }
     result
 }
 

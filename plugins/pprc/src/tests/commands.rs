@@ -4,7 +4,6 @@
 use serde_json::{json, Value};
 
 use super::*;
-use crate::state::State::{self, *};
 
 /// The table's columns: a command and its arguments besides `volume_set`.
 const COLUMNS: [(&str, &str); 14] = [
@@ -57,10 +56,9 @@ fn outcome(c: Cond, command: &str, args: &str) -> String {
     if v1.pending_swap {
         cell += ", swap at InSync";
     }
-    if cell.is_empty() {
-        "—".into()
-    } else {
-        cell.trim().into()
+    match cell.trim().trim_start_matches(", ") {
+        "" => "—".into(),
+        c => c.into(),
     }
 }
 
