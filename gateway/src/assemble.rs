@@ -92,7 +92,7 @@ impl Policies {
             .iter()
             .map(|r| {
                 let p = load(r, plugin_dir)?;
-                Ok(plugin::open_policy(&p, &r.config).with_context(|| r.location.clone())?)
+                plugin::open_policy(&p, &r.config).with_context(|| r.location.clone())
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(Policies { loaded })
@@ -141,5 +141,5 @@ pub fn replication_policy(
     anyhow::ensure!(names.len() == 1, "all volume sets of a node must use the same policy plugin (found: {names:?})");
     let name = names.into_iter().next().unwrap_or("pprc");
     let p = plugin::load(name, plugin_dir).with_context(|| format!("volume set policy `{name}`"))?;
-    Ok(plugin::open_policy(&p, &policy_config).with_context(|| format!("volume set policy `{name}`"))?)
+    plugin::open_policy(&p, &policy_config).with_context(|| format!("volume set policy `{name}`"))
 }

@@ -128,6 +128,7 @@ enum ConfigCommand {
 }
 
 pub fn main() -> ExitCode {
+    tune_allocator();
     let cli = Cli::parse();
     init_logging();
     let result = match cli.command {
@@ -273,4 +274,16 @@ fn ctl(args: CtlArgs) -> anyhow::Result<()> {
         anyhow::bail!("{}", reply["error"].as_str().unwrap_or("the daemon refused the request"));
     }
     Ok(())
+}
+
+/// Request buffers of up to 32 MiB come and go at high rates. glibc serves blocks above its
+/// mmap threshold with fresh mappings and trims freed memory eagerly, so every large request
+/// would fault its buffer in page by page. Keep such blocks on the heap and reuse them.
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only adjusts allocator parameters; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 512 << 20);
+    }
 }

@@ -159,6 +159,12 @@ impl Volume {
         self
     }
 
+    /// Requests finish without waiting on anything: the backend never blocks and no
+    /// observer holds the acknowledgement (so the server may run them in line).
+    pub fn completes_inline(&self) -> bool {
+        !self.caps.blocking && self.observers.is_empty()
+    }
+
     /// Whether a timed-out call has failed this export.
     pub fn failed(&self) -> bool {
         self.failed.load(Ordering::Acquire)

@@ -174,6 +174,15 @@ where
             }
             continue;
         }
+        if sel.volume.completes_inline() {
+            // RAM-speed work with nothing to wait for: a task hand-off would cost more than
+            // the request itself.
+            let reply = execute(req, payload, &sel).await;
+            if tx.send((reply, permit)).await.is_err() {
+                break Ok(());
+            }
+            continue;
+        }
         spawn_request(req, payload, sel.clone(), tx.clone(), permit);
     };
     // In-flight requests hold clones of `tx`; the writer ends once they have all replied.

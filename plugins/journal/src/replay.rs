@@ -383,47 +383,8 @@ pub fn dump(journal: &Path, out: &mut dyn Write, json: bool) -> Result<DumpSumma
         match next {
             Next::Record(at, r) => {
                 sum.records += 1;
-                let (offset, length, fua, may_trim) = match r.body {
-                    Body::Write { offset, data, fua } => (offset, data.len() as u64, fua, false),
-                    Body::Trim { offset, length, fua } => (offset, length, fua, false),
-                    Body::Zero { offset, length, may_trim, fua } => (offset, length, fua, may_trim),
-                    Body::Boundary { set_id } => (set_id, 0, false, false),
-                    Body::Session { started_unix, pid } => (started_unix, pid, false, false),
-                };
-                if json {
-                    let mut v = json!({
-                        "at": at, "seq": r.seq, "kind": r.kind_name(), "volume": r.volume, "crc_ok": true,
-                    });
-                    match r.body {
-                        Body::Boundary { set_id } => v["set_id"] = json!(set_id),
-                        Body::Session { started_unix, pid } => {
-                            v["started_unix"] = json!(started_unix);
-                            v["pid"] = json!(pid);
-                        }
-                        _ => {
-                            v["offset"] = json!(offset);
-                            v["length"] = json!(length);
-                            v["fua"] = json!(fua);
-                            v["may_trim"] = json!(may_trim);
-                        }
-                    }
-                    writeln!(out, "{v}").map_err(werr)?;
-                } else {
-                    let flags = match (fua, may_trim) {
-                        (true, true) => "fua,trim",
-                        (true, false) => "fua",
-                        (false, true) => "may_trim",
-                        (false, false) => "-",
-                    };
-                    let vol = if r.volume.is_empty() { "-" } else { r.volume };
-                    writeln!(
-                        out,
-                        "  {at:>12} {:>10} {:<8} {vol:<16} {offset:>14} {length:>12} {flags:<9} ok",
-                        r.seq,
-                        r.kind_name()
-                    )
-                    .map_err(werr)?;
-                }
+                let line = if json { dump_json(at, &r).to_string() } else { dump_text(at, &r) };
+                writeln!(out, "{line}").map_err(werr)?;
             }
             Next::End => break,
             Next::Stop(stop) => {
@@ -449,4 +410,44 @@ pub fn dump(journal: &Path, out: &mut dyn Write, json: bool) -> Result<DumpSumma
         }
     }
     Ok(sum)
+}
+
+fn dump_json(at: u64, r: &crate::format::Record<'_>) -> Value {
+    let mut v = json!({ "at": at, "seq": r.seq, "kind": r.kind_name(), "volume": r.volume, "crc_ok": true });
+    match r.body {
+        Body::Boundary { set_id } => v["set_id"] = json!(set_id),
+        Body::Session { started_unix, pid } => {
+            v["started_unix"] = json!(started_unix);
+            v["pid"] = json!(pid);
+        }
+        Body::Write { fua, .. } | Body::Trim { fua, .. } | Body::Zero { fua, .. } => {
+            let (offset, length) = r.range().unwrap_or_default();
+            v["offset"] = json!(offset);
+            v["length"] = json!(length);
+            v["fua"] = json!(fua);
+            v["may_trim"] = json!(matches!(r.body, Body::Zero { may_trim: true, .. }));
+        }
+    }
+    v
+}
+
+fn dump_text(at: u64, r: &crate::format::Record<'_>) -> String {
+    let head = format!("  {at:>12} {:>10} {:<8}", r.seq, r.kind_name());
+    match r.body {
+        Body::Session { started_unix, pid } => {
+            format!("{head} {:<16} started at unix time {started_unix}, pid {pid}   ok", "-")
+        }
+        Body::Boundary { set_id } => format!("{head} {:<16} consistency set {set_id} ends here   ok", r.volume),
+        Body::Write { fua, .. } | Body::Trim { fua, .. } | Body::Zero { fua, .. } => {
+            let (offset, length) = r.range().unwrap_or_default();
+            let may_trim = matches!(r.body, Body::Zero { may_trim: true, .. });
+            let flags = match (fua, may_trim) {
+                (true, true) => "fua,trim",
+                (true, false) => "fua",
+                (false, true) => "may_trim",
+                (false, false) => "-",
+            };
+            format!("{head} {:<16} {offset:>14} {length:>12} {flags:<9} ok", r.volume)
+        }
+    }
 }

@@ -322,6 +322,70 @@ fn missing_directory_is_an_open_error() {
     assert!(e.contains("cannot open"), "{e}");
 }
 
+unsafe extern "C" fn verdict(ctx: *mut std::ffi::c_void, status: i32, msg: GwStr) {
+    // SAFETY: ctx is the sender boxed in `completion`, consumed exactly once here; the message
+    // is valid for this call.
+    let (tx, msg) = unsafe { (Box::from_raw(ctx as *mut mpsc::Sender<(i32, String)>), msg.as_str().to_owned()) };
+    let _ = tx.send((status, msg));
+}
+
+/// A completion as the host makes them, reporting (status, message).
+fn completion() -> (Completion, mpsc::Receiver<(i32, String)>) {
+    let (tx, rx) = mpsc::channel();
+    let raw = gateway_sdk::abi::GwCompletion {
+        ctx: Box::into_raw(Box::new(tx)) as *mut std::ffi::c_void,
+        complete: Some(verdict),
+    };
+    // SAFETY: a fresh completion whose callback consumes its context once.
+    (unsafe { Completion::from_raw(raw) }, rx)
+}
+
+#[test]
+fn an_io_error_fails_this_and_every_later_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("j");
+    std::fs::write(&path, encode_file_header()).unwrap();
+    // A read-only descriptor: every write fails (EBADF), as a full or failing disk would.
+    let file = File::open(&path).unwrap();
+    let shared = Arc::new(Shared { host: Host::standalone(), path: path.clone(), failed: OnceLock::new() });
+    let (tx, rx) = mpsc::channel();
+    let writer = Writer {
+        shared: shared.clone(),
+        file,
+        pos: FILE_HEADER_LEN as u64,
+        dirty: false,
+        mode: SyncMode::Always,
+        max_batch: 16,
+        rx,
+        buf: Vec::new(),
+    };
+    let t = std::thread::spawn(move || writer.run());
+    let mut verdicts = Vec::new();
+    for seq in 1..=3u64 {
+        let mut bytes = Vec::new();
+        let rec = Record { volume: "v", seq, body: Body::Write { offset: 0, data: b"data", fua: false } };
+        encode_record(&rec, &mut bytes).unwrap();
+        let (done, rx) = completion();
+        tx.send(Msg::Record { bytes, done: Some(done), fua: false }).unwrap();
+        verdicts.push(rx);
+    }
+    let (done, flushed) = completion();
+    tx.send(Msg::Flush { done }).unwrap();
+    verdicts.push(flushed);
+    for rx in verdicts {
+        let (status, msg) = rx.recv_timeout(Duration::from_secs(20)).unwrap();
+        assert_ne!(status, GW_OK);
+        assert!(
+            msg.contains("journal") && (msg.contains("write at offset 32") || msg.contains("failed earlier")),
+            "{msg}"
+        );
+    }
+    assert!(shared.failed.get().is_some());
+    tx.send(Msg::Shutdown).unwrap();
+    t.join().unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), encode_file_header(), "nothing was appended");
+}
+
 /// A model of the image: apply the same updates to a byte vector.
 fn model_apply(img: &mut Vec<u8>, offset: u64, kind: &UpdateKind<'_>) {
     let (off, len) = (

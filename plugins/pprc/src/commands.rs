@@ -12,9 +12,8 @@ use gateway_sdk::Action;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::machine::{Machine, Op, Side, Step, VolumeSet};
+use crate::machine::{log, refuse, Machine, Op, Side, Step, VolumeSet};
 use crate::state::State;
-use crate::wire;
 
 /// The commands, by the names the admin interface uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,6 +102,8 @@ struct Plan {
 
 type Planned = Result<Plan, String>;
 
+const SWAP: &str = "swap (production moves when the engine confirms)";
+
 fn plan(what: impl Into<String>, steps: Vec<Step>) -> Planned {
     Ok(Plan { what: what.into(), steps })
 }
@@ -118,26 +119,26 @@ impl Machine {
             Value::Null => Args::default(),
             v => match Args::deserialize(v) {
                 Ok(a) => a,
-                Err(e) => return vec![wire::refuse(format!("cannot {cmd}: bad arguments: {e}"))],
+                Err(e) => return vec![refuse(format!("cannot {cmd}: bad arguments: {e}"))],
             },
         };
         if cmd == Command::StatusQuery && args.volume_set.is_none() {
-            return self.sets.iter().map(|s| wire::log("info", s.status_line())).collect();
+            return self.sets.iter().map(|s| log("info", s.status_line())).collect();
         }
         let Some(name) = args.volume_set.as_deref() else {
-            return vec![wire::refuse(format!("cannot {cmd}: the arguments need \"volume_set\""))];
+            return vec![refuse(format!("cannot {cmd}: the arguments need \"volume_set\""))];
         };
         let Some(i) = self.index(name) else {
             let known: Vec<&str> = self.set_names().collect();
             let why = format!("cannot {cmd} {name}: no such volume set (this policy manages {})", known.join(", "));
-            return vec![wire::refuse(why)];
+            return vec![refuse(why)];
         };
         let s = &mut self.sets[i];
         if cmd == Command::StatusQuery {
-            return vec![wire::log("info", s.status_line())];
+            return vec![log("info", s.status_line())];
         }
         match plan_command(cmd, s, &args) {
-            Err(reason) => vec![wire::refuse(reason)],
+            Err(reason) => vec![refuse(reason)],
             Ok(p) => {
                 let summary = format!(
                     "{cmd} {} at {}: {}, production {}, peer {} {} → {}",
@@ -149,7 +150,7 @@ impl Machine {
                     s.peer_word(),
                     p.what
                 );
-                let mut out = vec![wire::log("info", summary)];
+                let mut out = vec![log("info", summary)];
                 s.apply(p.steps, &mut out);
                 out
             }
@@ -204,7 +205,7 @@ fn plan_command(cmd: Command, s: &VolumeSet, a: &Args) -> Planned {
             }
         }
         Command::Swap => match (s.state, s.peer_up) {
-            (State::InSync, true) => plan("swap", swap_steps(s)),
+            (State::InSync, true) => plan(SWAP, swap_steps()),
             (State::InSync, false) => Err(format!(
                 "cannot swap {}: it is InSync but peer {} is unreachable; use failover at the surviving site",
                 s.name(),
@@ -226,7 +227,7 @@ fn plan_command(cmd: Command, s: &VolumeSet, a: &Args) -> Planned {
         }
         Command::Failback => {
             at_production(cmd, s)?;
-            if s.cfg.production == s.local {
+            if s.cfg.home == s.local {
                 return Err(format!(
                     "cannot failback {}: it is {} at its home production site {}; nothing to fail back",
                     s.name(),
@@ -278,13 +279,11 @@ fn ops_text(s: &VolumeSet) -> &'static str {
     }
 }
 
-/// Production moves to the other site; the set stays InSync.
-fn swap_steps(s: &VolumeSet) -> Vec<Step> {
-    let to = match s.production {
-        Side::Local => Side::Peer,
-        Side::Peer => Side::Local,
-    };
-    vec![Step::Op(Op::Swap), Step::Production(to, format!("swap: {} takes over, mirroring reversed", s.site(to)))]
+/// Production moves to the other site and the set stays InSync. The machine moves production
+/// when the engine confirms (`promoted` / `demoted`): a swap can fail (the drain times out,
+/// the peer refuses), and a failed swap must leave production where it was.
+fn swap_steps() -> Vec<Step> {
+    vec![Step::Op(Op::Swap)]
 }
 
 /// Take production here while the production site is gone (or forced).
@@ -335,7 +334,7 @@ fn hand_over(cmd: Command, s: &VolumeSet) -> Planned {
         ));
     }
     match s.state {
-        State::InSync => plan("swap", swap_steps(s)),
+        State::InSync => plan(SWAP, swap_steps()),
         State::Resyncing => plan("swap when the running resync completes", vec![Step::PendingSwap]),
         State::OutOfSync | State::SplitSite | State::RecoverySiteForceSwap => {
             let mut steps = resync_steps(s, cmd.name());
@@ -383,7 +382,7 @@ fn online(s: &VolumeSet, a: &Args) -> Planned {
     }
     if !s.is_production() {
         return match (s.peer_up, s.state) {
-            (true, State::InSync) => plan("swap", swap_steps(s)),
+            (true, State::InSync) => plan(SWAP, swap_steps()),
             (true, st) => Err(format!(
                 "cannot online {} at {}: it is {st} with production at {} (taking over from a reachable \
                  production site needs InSync); resync at {} first",

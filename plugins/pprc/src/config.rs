@@ -12,14 +12,20 @@
 //! * `sets` (required, at least one): the volume sets this policy manages.
 //!   * `name` (required, unique);
 //!   * `peer` (required): the other site of the pair (not `local_site`);
-//!   * `production` (required): where the set is produced at start, `local_site` or `peer`;
-//!     it is also the set's home, the site `failback` returns production to;
+//!   * `production` (required): the site producing the set now, `local_site` or `peer`;
+//!   * `home`: the site `failback` returns production to (default: `production`). A host
+//!     that restarts with a persisted production passes the configured one here;
+//!   * `state`: the state last recorded for this set at this site, if any (the host's record
+//!     of `SetVolumeSetState`). A restart keeps from it what it must not forget: a forced
+//!     takeover at production, and whether the recovery site's copy is consistent;
 //!   * `mode`: `"sync"` (default); `"xd"` (extended distance) is reserved and refused;
 //!   * `on_link_loss`: `"continue"` (default: production keeps serving, changes tracked,
 //!     → `OutOfSync`) or `"freeze"` (the engine holds host I/O, → `SplitSite`);
 //!   * `auto_resync`: resync when the link comes back (default `true`).
 
 use serde_json::{Map, Value};
+
+use crate::state::State;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LinkLoss {
@@ -41,11 +47,15 @@ impl LinkLoss {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SetConfig {
     pub name: String,
-    /// The production site at start, and the set's home for `failback`.
+    /// The production site at start.
     pub production: String,
+    /// Where `failback` returns production to.
+    pub home: String,
     pub peer: String,
     pub on_link_loss: LinkLoss,
     pub auto_resync: bool,
+    /// The state last recorded at this site before a restart.
+    pub recorded: Option<State>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,7 +65,7 @@ pub struct Config {
 }
 
 const TOP_KEYS: [&str; 2] = ["local_site", "sets"];
-const SET_KEYS: [&str; 6] = ["name", "mode", "production", "peer", "on_link_loss", "auto_resync"];
+const SET_KEYS: [&str; 8] = ["name", "mode", "production", "home", "peer", "on_link_loss", "auto_resync", "state"];
 
 impl Config {
     pub fn from_json(v: &Value) -> Result<Config, String> {
@@ -95,12 +105,15 @@ fn parse_set(v: &Value, at: &str, local: &str) -> Result<SetConfig, String> {
     if peer == local {
         return Err(format!("{at}.peer: `{peer}` is the local site; the peer is the other site of the pair"));
     }
-    let production = site(m, "production", &format!("{at}.production"))?;
-    if production != local && production != peer {
-        return Err(format!(
-            "{at}.production: `{production}` is neither the local site `{local}` nor the peer `{peer}`"
-        ));
-    }
+    let one_of_the_pair = |key: &str| -> Result<String, String> {
+        let s = site(m, key, &format!("{at}.{key}"))?;
+        if s != local && s != peer {
+            return Err(format!("{at}.{key}: `{s}` is neither the local site `{local}` nor the peer `{peer}`"));
+        }
+        Ok(s)
+    };
+    let production = one_of_the_pair("production")?;
+    let home = if m.contains_key("home") { one_of_the_pair("home")? } else { production.clone() };
     let on_link_loss = match m.get("on_link_loss") {
         None => LinkLoss::Continue,
         Some(Value::String(s)) if s == "continue" => LinkLoss::Continue,
@@ -112,7 +125,15 @@ fn parse_set(v: &Value, at: &str, local: &str) -> Result<SetConfig, String> {
         Some(Value::Bool(b)) => *b,
         Some(other) => return Err(format!("{at}.auto_resync: expected true or false, got {other}")),
     };
-    Ok(SetConfig { name, production, peer, on_link_loss, auto_resync })
+    let recorded = match m.get("state") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => match State::from_name(s) {
+            Some(st) if !st.is_reserved() => Some(st),
+            _ => return Err(format!("{at}.state: `{s}` is not a state of a sync volume set")),
+        },
+        Some(other) => return Err(format!("{at}.state: expected a state name, got {other}")),
+    };
+    Ok(SetConfig { name, production, home, peer, on_link_loss, auto_resync, recorded })
 }
 
 /// A required, non-empty string.
@@ -147,7 +168,7 @@ mod tests {
     fn full_and_defaulted_sets() {
         let c = parse(json!({"local_site": "A", "sets": [
             {"name": "vs1", "mode": "sync", "production": "A", "peer": "B", "on_link_loss": "freeze", "auto_resync": false},
-            {"name": "vs2", "production": "B", "peer": "B"}
+            {"name": "vs2", "production": "B", "home": "A", "peer": "B", "state": "RecoverySite-ForceSwap"}
         ]}))
         .unwrap();
         assert_eq!(c.local_site, "A");
@@ -156,14 +177,17 @@ mod tests {
             SetConfig {
                 name: "vs1".into(),
                 production: "A".into(),
+                home: "A".into(),
                 peer: "B".into(),
                 on_link_loss: LinkLoss::Freeze,
-                auto_resync: false
+                auto_resync: false,
+                recorded: None,
             }
         );
         assert_eq!(c.sets[1].on_link_loss, LinkLoss::Continue);
         assert!(c.sets[1].auto_resync);
-        assert_eq!(c.sets[1].production, "B");
+        assert_eq!((c.sets[1].production.as_str(), c.sets[1].home.as_str()), ("B", "A"));
+        assert_eq!(c.sets[1].recorded, Some(State::RecoverySiteForceSwap));
     }
 
     #[test]
@@ -183,6 +207,9 @@ mod tests {
             (set(json!({"colour": "red"})), "sets[0].colour: unknown key"),
             (set(json!({"peer": "A"})), "sets[0].peer: `A` is the local site"),
             (set(json!({"production": "C"})), "sets[0].production: `C` is neither"),
+            (set(json!({"home": "C"})), "sets[0].home: `C` is neither"),
+            (set(json!({"state": "XDMode"})), "sets[0].state: `XDMode` is not a state"),
+            (set(json!({"state": "insync"})), "sets[0].state: `insync`"),
             (set(json!({"name": ""})), "sets[0].name"),
             (parse(json!({})).unwrap_err(), "`local_site` is required"),
             (parse(json!({"local_site": "A"})).unwrap_err(), "`sets` is required"),

@@ -7,9 +7,8 @@ use gateway_sdk::Action;
 
 use crate::commands::resync_steps;
 use crate::config::LinkLoss;
-use crate::machine::{Machine, Op, Side, Step, VolumeSet};
+use crate::machine::{log, Machine, Op, Side, Step, VolumeSet};
 use crate::state::State;
-use crate::wire::{self, VolumeSetEvent};
 
 /// The changes the engine reports, in `Event::VolumeSet.change`.
 pub const CHANGES: [&str; 12] = [
@@ -28,27 +27,29 @@ pub const CHANGES: [&str; 12] = [
 ];
 
 impl Machine {
-    pub(crate) fn engine_event(&mut self, e: &VolumeSetEvent, out: &mut Vec<Action>) {
-        let Some(i) = self.index(&e.volume_set) else {
-            out.push(wire::log(
-                "warn",
-                format!("engine reported {} for unknown volume set {}", e.change, e.volume_set),
-            ));
+    /// `Event::VolumeSet`; an empty `local_site` or `detail` means "not given".
+    pub(crate) fn engine_event(
+        &mut self,
+        volume_set: &str,
+        change: &str,
+        local_site: &str,
+        detail: &str,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(i) = self.index(volume_set) else {
+            out.push(log("warn", format!("engine reported {change} for unknown volume set {volume_set}")));
             return;
         };
-        if let Some(site) = e.local_site.as_deref().filter(|s| *s != self.local_site()) {
+        if !local_site.is_empty() && local_site != self.local_site() {
             let msg = format!(
-                "ignored {} on {}: the engine says it runs at {site}, this policy at {}",
-                e.change,
-                e.volume_set,
+                "ignored {change} on {volume_set}: the engine says it runs at {local_site}, this policy at {}",
                 self.local_site()
             );
-            out.push(wire::log("warn", msg));
+            out.push(log("warn", msg));
             return;
         }
         let s = &mut self.sets[i];
-        let detail = e.detail.as_deref().unwrap_or("");
-        let steps = match e.change.as_str() {
+        let steps = match change {
             "link_up" => link_up(s, detail, out),
             "link_down" => link_lost(s, &with_detail("link down", detail)),
             "resync_started" => {
@@ -59,7 +60,7 @@ impl Machine {
             "resync_failed" => {
                 let why = with_detail("resync failed", detail);
                 s.last_error = Some(why.clone());
-                out.push(wire::log("error", format!("{} at {}: {why}", s.name(), s.local)));
+                out.push(log("error", format!("{} at {}: {why}", s.name(), s.local)));
                 if s.state == State::Resyncing {
                     vec![Step::Become(State::OutOfSync, why)]
                 } else {
@@ -68,7 +69,7 @@ impl Machine {
             }
             "replication_error" => {
                 s.last_error = Some(with_detail("replication error", detail));
-                out.push(wire::log("warn", format!("{} at {}: {}", s.name(), s.local, with_detail("error", detail))));
+                out.push(log("warn", format!("{} at {}: {}", s.name(), s.local, with_detail("error", detail))));
                 vec![]
             }
             "frozen" => match s.state {
@@ -86,7 +87,7 @@ impl Machine {
             "peer_is_production" if s.is_production() => {
                 let why =
                     with_detail(&format!("{} reports it is production with a newer generation", s.peer()), detail);
-                out.push(wire::log("warn", format!("{} at {}: {why}; demoting this site", s.name(), s.local)));
+                out.push(log("warn", format!("{} at {}: {why}; demoting this site", s.name(), s.local)));
                 vec![
                     Step::Op(Op::Demote),
                     Step::Production(Side::Peer, why),
@@ -97,7 +98,7 @@ impl Machine {
             "peer_state" if !s.is_production() => adopt(s, detail, "the production site reports it", out),
             "peer_state" => vec![],
             other => {
-                out.push(wire::log("debug", format!("{}: ignored unknown engine change `{other}`", s.name())));
+                out.push(log("debug", format!("{}: ignored unknown engine change `{other}`", s.name())));
                 vec![]
             }
         };
@@ -116,7 +117,13 @@ fn with_detail(what: &str, detail: &str) -> String {
 fn link_up(s: &mut VolumeSet, detail: &str, out: &mut Vec<Action>) -> Vec<Step> {
     s.peer_up = true;
     if !s.is_production() {
-        return adopt(s, detail, "link up; the production site reports it", out);
+        // The production's state when the engine passes it on; else the engine's link_up at
+        // a recovery site means mirroring is established (its receiver accepted the link).
+        return match State::from_name(detail) {
+            Some(_) => adopt(s, detail, "link up; the production site reports it", out),
+            None if s.state == State::Resyncing => vec![],
+            None => vec![Step::Become(State::InSync, with_detail("link up", detail))],
+        };
     }
     let note = match s.state {
         State::OutOfSync if s.cfg.auto_resync => return resync_steps(s, "link up; auto_resync"),
@@ -125,7 +132,7 @@ fn link_up(s: &mut VolumeSet, detail: &str, out: &mut Vec<Action>) -> Vec<Step> 
         State::RecoverySiteForceSwap => "run join-cleanup (or resync) to bring the peer up to date",
         _ => return vec![],
     };
-    out.push(wire::log("info", format!("{} at {}: link to {} up; {note}", s.name(), s.local, s.peer())));
+    out.push(log("info", format!("{} at {}: link to {} up; {note}", s.name(), s.local, s.peer())));
     vec![]
 }
 
@@ -145,17 +152,17 @@ pub(crate) fn link_lost(s: &mut VolumeSet, why: &str) -> Vec<Step> {
 fn resync_complete(s: &mut VolumeSet, out: &mut Vec<Action>) -> Vec<Step> {
     if s.is_production() && s.state != State::Resyncing {
         let msg = format!("{}: ignored resync_complete: it is {}, not Resyncing", s.name(), s.state);
-        out.push(wire::log("debug", msg));
+        out.push(log("debug", msg));
         return vec![];
     }
     if !s.is_production() && !s.peer_up {
-        out.push(wire::log("debug", format!("{}: ignored resync_complete: the link is down", s.name())));
+        out.push(log("debug", format!("{}: ignored resync_complete: the link is down", s.name())));
         return vec![];
     }
     let mut steps = vec![Step::Become(State::InSync, "resync complete".into())];
     if s.is_production() && s.pending_swap {
-        let why = format!("swap: pending hand-over to {} now that the set is InSync", s.peer());
-        steps.extend([Step::Op(Op::Swap), Step::Production(Side::Peer, why)]);
+        out.push(log("info", format!("{}: handing production to {} now that it is InSync", s.name(), s.peer())));
+        steps.push(Step::Op(Op::Swap));
     }
     steps
 }
@@ -195,7 +202,7 @@ fn adopt(s: &VolumeSet, detail: &str, why: &str, out: &mut Vec<Action>) -> Vec<S
     let state = match State::from_name(detail) {
         None if detail.is_empty() => return vec![],
         None => {
-            out.push(wire::log("debug", format!("{}: `{detail}` names no state; kept {}", s.name(), s.state)));
+            out.push(log("debug", format!("{}: `{detail}` names no state; kept {}", s.name(), s.state)));
             return vec![];
         }
         Some(st) => st,
@@ -203,7 +210,7 @@ fn adopt(s: &VolumeSet, detail: &str, why: &str, out: &mut Vec<Action>) -> Vec<S
     if state.is_reserved() || (matches!(state, State::InSync | State::Resyncing) && !s.peer_up) {
         let msg =
             format!("{}: not adopting {state} from the engine (peer {}); kept {}", s.name(), s.peer_word(), s.state);
-        out.push(wire::log("warn", msg));
+        out.push(log("warn", msg));
         return vec![];
     }
     vec![Step::Become(state, why.into())]

@@ -12,8 +12,7 @@
 //! * [`config`]: the strict config parser;
 //! * `machine`: per-set bookkeeping and how a transition emits actions;
 //! * `engine`: the engine's `volume_set` events;
-//! * [`commands`]: admin commands and the entry points;
-//! * [`wire`]: the JSON shapes of the engine's event and the `replicate`/`refuse` actions.
+//! * [`commands`]: admin commands and the entry points.
 //!
 //! # The states, and seed 004 (IBM eRCMF's Automation Management Interface)
 //!
@@ -30,13 +29,20 @@
 //! | `RecoverySite-ForceSwap` | RecoverySite-ForceSwap | production moved here by `failover` while the other site was down; changes tracked |
 //! | `XDMode`, `XDMode-OutOfSync` | extended distance | reserved; never entered (`mode = "xd"` is refused) |
 //!
-//! Start: each set is `OutOfSync` where it is produced (its initial copy is pending) and
-//! `Simplex` at the recovery site. With `auto_resync`, `link_up` at production starts the
-//! resync. The recovery site does not assume `InSync` on `link_up`: it takes the production
-//! site's state from the event's `detail` when the engine puts it there (`link_up`,
-//! `demoted`, `peer_state`), goes `Resyncing` on `resync_started` and `InSync` on
-//! `resync_complete`. So a recovery site never offers `swap` or a clean `failover` on a
-//! copy that has not been completed.
+//! Start: each set is `OutOfSync` where it is produced (its initial copy is pending; still
+//! `RecoverySite-ForceSwap` if the config's recorded `state` says so) and `Simplex` at the
+//! recovery site (`OutOfSync` if the recorded state says its copy was complete). With
+//! `auto_resync`, `link_up` at production starts the resync.
+//!
+//! The recovery site learns the set's state from its engine: a state name in `detail`
+//! (`link_up`, `demoted`, `peer_state`) is taken as the production site's state;
+//! `resync_started` → `Resyncing`, `resync_complete` → `InSync`; a bare `link_up` (no state
+//! in `detail`) counts as mirroring established → `InSync`. Its copy counts as consistent
+//! from `InSync` until a resync starts (`failover` without `force` needs that).
+//!
+//! Production moves when the engine says so: at once for `failover` and `demote` (local,
+//! unconditional mechanisms), and for `swap` only on the engine's `promoted` / `demoted`
+//! (a swap can fail, and then production stays where it was).
 //!
 //! The seed's entry points map to commands: `clgetERCMFdisks` = `online`,
 //! `clreleaseERCMFdisks` = `offline`, `cljoinERCMFcleanup` = `join-cleanup`;
@@ -63,7 +69,6 @@ pub mod config;
 mod engine;
 mod machine;
 pub mod state;
-pub mod wire;
 
 #[cfg(test)]
 mod tests;

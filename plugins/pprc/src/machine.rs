@@ -7,7 +7,18 @@ use gateway_sdk::{Action, Event};
 
 use crate::config::{Config, SetConfig};
 use crate::state::State;
-use crate::wire;
+
+pub(crate) fn log(level: &str, message: String) -> Action {
+    Action::Log { level: level.into(), message }
+}
+
+fn set_state(volume_set: &str, state: State) -> Action {
+    Action::SetVolumeSetState { volume_set: volume_set.into(), state: state.name().into() }
+}
+
+pub(crate) fn refuse(reason: String) -> Action {
+    Action::Refuse { reason }
+}
 
 /// One of the two sites of a pair, relative to this node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,11 +84,17 @@ pub(crate) struct VolumeSet {
 }
 
 impl VolumeSet {
+    /// The link is not up yet at start: production tracks changes (`OutOfSync`, or still
+    /// `RecoverySite-ForceSwap` after a forced takeover); the recovery site is `Simplex`
+    /// unless its recorded state says its copy was complete (then `OutOfSync`).
     fn new(cfg: SetConfig, local: &str) -> VolumeSet {
+        use State::*;
         let production = if cfg.production == local { Side::Local } else { Side::Peer };
-        let state = match production {
-            Side::Local => State::OutOfSync,
-            Side::Peer => State::Simplex,
+        let (state, consistent) = match (production, cfg.recorded) {
+            (Side::Local, Some(RecoverySiteForceSwap)) => (RecoverySiteForceSwap, true),
+            (Side::Local, _) => (OutOfSync, true),
+            (Side::Peer, Some(InSync | OutOfSync | SplitSite | RecoverySiteForceSwap)) => (OutOfSync, true),
+            (Side::Peer, _) => (Simplex, false),
         };
         VolumeSet {
             cfg,
@@ -85,7 +102,7 @@ impl VolumeSet {
             state,
             production,
             peer_up: false,
-            consistent: production == Side::Local,
+            consistent,
             pending_swap: false,
             last_error: None,
         }
@@ -125,7 +142,9 @@ impl VolumeSet {
     pub(crate) fn apply(&mut self, steps: Vec<Step>, out: &mut Vec<Action>) {
         for step in steps {
             match step {
-                Step::Op(op) => out.push(wire::replicate(&self.cfg.name, op.name())),
+                Step::Op(op) => {
+                    out.push(Action::Replicate { volume_set: self.cfg.name.clone(), op: op.name().into() })
+                }
                 Step::Become(state, why) => self.enter(state, &why, out),
                 Step::Production(side, why) => self.move_production(side, &why, out),
                 Step::PendingSwap => self.pending_swap = self.is_production() && self.state == State::Resyncing,
@@ -139,9 +158,7 @@ impl VolumeSet {
             return;
         }
         self.state = new;
-        if self.is_production() {
-            self.consistent = true;
-        } else if new == State::InSync {
+        if self.is_production() || new == State::InSync {
             self.consistent = true;
         } else if matches!(new, State::Resyncing | State::Simplex) {
             self.consistent = false;
@@ -153,8 +170,8 @@ impl VolumeSet {
             (_, State::SplitSite | State::RecoverySiteForceSwap) | (State::InSync, _) => "warn",
             _ => "info",
         };
-        out.push(wire::set_state(&self.cfg.name, new.name()));
-        out.push(wire::log(level, format!("{} at {}: {old} → {new} ({why})", self.cfg.name, self.local)));
+        out.push(set_state(&self.cfg.name, new));
+        out.push(log(level, format!("{} at {}: {old} → {new} ({why})", self.cfg.name, self.local)));
     }
 
     fn move_production(&mut self, side: Side, why: &str, out: &mut Vec<Action>) {
@@ -168,12 +185,13 @@ impl VolumeSet {
             self.consistent = true;
         }
         let msg = format!("{} at {}: production {from} → {} ({why})", self.cfg.name, self.local, self.site(side));
-        out.push(wire::log("warn", msg));
+        out.push(log("warn", msg));
     }
 
     fn view(&self) -> SetView {
         SetView {
             name: self.cfg.name.clone(),
+            home: self.cfg.home.clone(),
             state: self.state,
             local_site: self.local.clone(),
             peer: self.cfg.peer.clone(),
@@ -208,6 +226,8 @@ pub struct SetView {
     pub state: State,
     pub local_site: String,
     pub peer: String,
+    /// Where `failback` returns production to.
+    pub home: String,
     /// Always `local_site` or `peer`.
     pub production: String,
     pub peer_up: bool,
@@ -260,7 +280,7 @@ impl Machine {
             Event::PeerUp { peer } => {
                 for s in self.sets.iter_mut().filter(|s| s.cfg.peer == *peer && !s.peer_up) {
                     s.peer_up = true;
-                    out.push(wire::log("info", format!("{} at {}: peer {peer} reachable", s.name(), s.local)));
+                    out.push(log("info", format!("{} at {}: peer {peer} reachable", s.name(), s.local)));
                 }
             }
             Event::PeerDown { peer, reason } => {
@@ -273,18 +293,17 @@ impl Machine {
                 if let Some(i) = self.index(volume_set) {
                     let s = &mut self.sets[i];
                     s.last_error = Some(format!("replication error {code}: {message}"));
-                    out.push(wire::log(
+                    out.push(log(
                         "warn",
                         format!("{volume_set} at {}: replication error {code}: {message}", s.local),
                     ));
                 }
             }
             Event::Admin { command, args } => return self.command(command, args),
-            other => match wire::volume_set_event(other) {
-                Some(Ok(e)) => self.engine_event(&e, &mut out),
-                Some(Err(m)) => out.push(wire::log("warn", m)),
-                None => {}
-            },
+            Event::VolumeSet { volume_set, change, local_site, production: _, detail } => {
+                self.engine_event(volume_set, change, local_site, detail, &mut out)
+            }
+            _ => {}
         }
         out
     }
@@ -292,13 +311,13 @@ impl Machine {
     /// Announce every set's state (the host records it) and start what the state allows.
     fn started(&mut self, out: &mut Vec<Action>) {
         for s in &mut self.sets {
-            out.push(wire::set_state(&s.cfg.name, s.state.name()));
+            out.push(set_state(&s.cfg.name, s.state));
             let why = match (s.is_production(), s.state) {
                 (true, State::OutOfSync) => "; changes tracked until the peer has a full copy",
                 (false, State::Simplex) => "; waiting for the production site's copy",
                 _ => "",
             };
-            out.push(wire::log("info", format!("started: {}{why}", s.status_line())));
+            out.push(log("info", format!("started: {}{why}", s.status_line())));
             if s.is_production() && s.state == State::OutOfSync && s.peer_up && s.cfg.auto_resync {
                 s.apply(crate::commands::resync_steps(s, "peer up at start; auto_resync"), out);
             }
