@@ -112,6 +112,26 @@ pub struct Volume {
     /// resync takes it exclusively to read a region consistently with what it has already
     /// queued for the peer (see `gateway::replication`).
     gate: tokio::sync::RwLock<()>,
+    /// Ranges of mutations between admission and the end of their local I/O. An update that
+    /// overlaps one waits for it, so overlapping updates reach the backend in sequence order,
+    /// the order every observer (a mirror, a journal) applies them in.
+    in_flight: Mutex<Vec<(u64, u64, u64)>>,
+    in_flight_done: tokio::sync::Notify,
+    next_hold: std::sync::atomic::AtomicU64,
+}
+
+/// A mutation's hold on the volume from before admission until its local I/O is done.
+struct Hold<'a> {
+    volume: &'a Volume,
+    id: u64,
+    _gate: tokio::sync::RwLockReadGuard<'a, ()>,
+}
+
+impl Drop for Hold<'_> {
+    fn drop(&mut self) {
+        self.volume.in_flight.lock().retain(|r| r.2 != self.id);
+        self.volume.in_flight_done.notify_waiters();
+    }
 }
 
 impl Volume {
@@ -131,7 +151,29 @@ impl Volume {
             failed: AtomicBool::new(false),
             host_write_block: Mutex::new(None),
             gate: tokio::sync::RwLock::new(()),
+            in_flight: Mutex::new(Vec::new()),
+            in_flight_done: tokio::sync::Notify::new(),
+            next_hold: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Wait until no in-flight mutation overlaps `offset..offset+length`, then reserve it.
+    async fn hold(&self, offset: u64, length: u64) -> Hold<'_> {
+        let gate = self.gate.read().await;
+        let end = offset.saturating_add(length.max(1));
+        let id = self.next_hold.fetch_add(1, Ordering::Relaxed);
+        loop {
+            let notified = self.in_flight_done.notified();
+            {
+                let mut list = self.in_flight.lock();
+                if !list.iter().any(|&(s, e, _)| s < end && offset < e) {
+                    list.push((offset, end, id));
+                    break;
+                }
+            }
+            notified.await;
+        }
+        Hold { volume: self, id, _gate: gate }
     }
 
     /// Refuse (or allow again) host writes, with the reason hosts are told.
@@ -280,7 +322,7 @@ impl Volume {
     }
 
     pub async fn write(&self, data: Bytes, offset: u64, fua: bool) -> Result<()> {
-        let gate = self.gate.read().await;
+        let gate = self.hold(offset, data.len() as u64).await;
         let pending = self.admit(offset, UpdateKind::Write(data.clone()), fua);
         let native_fua = fua && self.caps.native_fua;
         let flush_after = self.fua_emulated(fua);
@@ -298,7 +340,7 @@ impl Volume {
     }
 
     pub async fn trim(&self, offset: u64, length: u64, fua: bool) -> Result<()> {
-        let gate = self.gate.read().await;
+        let gate = self.hold(offset, length).await;
         let pending = self.admit(offset, UpdateKind::Trim { length }, fua);
         let local = if self.caps.can_trim { self.run(move |b| b.trim(offset, length, fua)).await } else { Ok(()) };
         drop(gate);
@@ -311,7 +353,7 @@ impl Volume {
         if flags.fast_only && !self.caps.can_fast_zero {
             return Err(BackendError::not_supported(format!("{}: fast zero", self.name)).into());
         }
-        let gate = self.gate.read().await;
+        let gate = self.hold(offset, length).await;
         if flags.fast_only {
             // Try before admitting: a fast zero that the backend refuses must not reach the
             // observers, since the volume did not change.

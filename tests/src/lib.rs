@@ -406,3 +406,4 @@ pub mod raw {
         }
     }
 }
+pub mod sites;

@@ -134,6 +134,7 @@ impl Engine {
             }
             policy_sets.push(json!({
                 "name": cfg.name, "mode": "sync", "production": persisted.production, "peer": cfg.peer_site,
+                "home": cfg.production, "state": persisted.logical,
                 "on_link_loss": match cfg.on_link_loss { crate::config::LinkLossPolicy::Continue => "continue", _ => "freeze" },
                 "auto_resync": cfg.auto_resync,
             }));
@@ -354,7 +355,19 @@ impl Engine {
             Action::SetVolumeSetState { volume_set, state } => {
                 let set = self.set(volume_set).ok_or_else(|| format!("unknown volume set {volume_set}"))?;
                 set.update(|s| s.logical = state.clone());
-                set.persist(false).map_err(|e| e.to_string())
+                set.persist(false).map_err(|e| e.to_string())?;
+                if set.state().role == Role::Primary {
+                    // The recovery site shows (and decides on) the production site's state.
+                    let (addr, site, name, state) =
+                        (set.cfg.peer_control, self.site().to_owned(), volume_set.clone(), state.clone());
+                    tokio::spawn(async move {
+                        let req = json!({"op": "peer-state", "volume_set": name, "state": state});
+                        if let Err(e) = control::request(addr, &site, &name, req).await {
+                            tracing::debug!(set = %name, "could not tell the peer our state: {e}");
+                        }
+                    });
+                }
+                Ok(())
             }
             Action::Replicate { volume_set, op } => self.mechanism(volume_set, op).await,
             Action::Log { level, message } => {
@@ -487,6 +500,13 @@ impl Engine {
                 st.link_up
             ));
         }
+        if st.resync.is_some() || set.dirty_bytes() > 0 {
+            return Err(format!(
+                "swap of {}: the peer's copy is not complete yet ({} bytes to resync); wait for InSync",
+                set.name(),
+                set.dirty_bytes()
+            ));
+        }
         let reason = format!("volume set {}: swap in progress", set.name());
         for v in &set.volumes {
             v.block_host_writes(Some(reason.clone()));
@@ -571,6 +591,11 @@ impl Engine {
                 Ok(()) => json!({"ok": true}),
                 Err(e) => json!({"ok": false, "error": e}),
             },
+            "peer-state" => {
+                let state = req["state"].as_str().unwrap_or_default();
+                self.events.send(name, "peer_state", state);
+                json!({"ok": true})
+            }
             "bitmap" => match set.bitmaps.get(req["volume"].as_str().unwrap_or_default()) {
                 Some(bm) => json!({"ok": true, "words": bm.words()}),
                 None => json!({"ok": false, "error": "no such volume in the set"}),

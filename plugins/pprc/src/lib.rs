@@ -21,7 +21,7 @@
 //!
 //! | state | seed 004 | meaning here |
 //! |---|---|---|
-//! | `Simplex` | PPRC simplex (no pair) | recovery site, before a copy from production completed (its copy is not consistent) |
+//! | `Simplex` | PPRC simplex (no pair) | recovery site that has seen neither the link up nor a completed copy (its copy is not consistent) |
 //! | `InSync` | InSync (full duplex) | mirroring; production serves; every update is at both sites before its ack |
 //! | `OutOfSync` | OutOfSync (suspended) | production serves alone; changes tracked in the change bitmap |
 //! | `Resyncing` | the resync phase (XDMode → OutOfSync → InSync in the seed's diagram) | changed regions being copied; `InSync` on `resync_complete` |

@@ -142,9 +142,7 @@ impl VolumeSet {
     pub(crate) fn apply(&mut self, steps: Vec<Step>, out: &mut Vec<Action>) {
         for step in steps {
             match step {
-                Step::Op(op) => {
-                    out.push(Action::Replicate { volume_set: self.cfg.name.clone(), op: op.name().into() })
-                }
+                Step::Op(op) => out.push(Action::Replicate { volume_set: self.cfg.name.clone(), op: op.name().into() }),
                 Step::Become(state, why) => self.enter(state, &why, out),
                 Step::Production(side, why) => self.move_production(side, &why, out),
                 Step::PendingSwap => self.pending_swap = self.is_production() && self.state == State::Resyncing,
@@ -293,15 +291,17 @@ impl Machine {
                 if let Some(i) = self.index(volume_set) {
                     let s = &mut self.sets[i];
                     s.last_error = Some(format!("replication error {code}: {message}"));
-                    out.push(log(
-                        "warn",
-                        format!("{volume_set} at {}: replication error {code}: {message}", s.local),
-                    ));
+                    out.push(log("warn", format!("{volume_set} at {}: replication error {code}: {message}", s.local)));
                 }
             }
             Event::Admin { command, args } => return self.command(command, args),
             Event::VolumeSet { volume_set, change, local_site, production: _, detail } => {
                 self.engine_event(volume_set, change, local_site, detail, &mut out)
+            }
+            // A `volume_set` report missing a field the SDK's variant requires still counts.
+            Event::Unknown(v) if v["type"] == "volume_set" => {
+                let text = |k: &str| v[k].as_str().unwrap_or_default();
+                self.engine_event(text("volume_set"), text("change"), text("local_site"), text("detail"), &mut out)
             }
             _ => {}
         }

@@ -5,8 +5,8 @@ use std::fmt;
 /// Where a volume set's mirror stands, as seen from one site.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum State {
-    /// No mirror is known to be established: the recovery site before the production site's
-    /// initial copy reached it. (eRCMF's PPRC "simplex" volume.) Never shown at production.
+    /// No mirror is known to be established: the recovery site before its engine reported
+    /// the link up or a completed copy. (PPRC's "simplex" volume.) Never shown at production.
     Simplex,
     /// Mirroring: the production site serves, every update is applied at both sites before it
     /// is acknowledged (PPRC full duplex).

@@ -4,7 +4,6 @@
 use gateway_sdk::abi::{GwError, GwInstance, GwStr, GW_OK};
 use gateway_sdk::policy::{policy_vtable, ImportedPolicy};
 use gateway_sdk::{Action, Event};
-use gw_pprc::wire;
 use serde_json::json;
 
 fn open(config: &str) -> Result<ImportedPolicy, String> {
@@ -35,7 +34,24 @@ fn states(actions: &[Action]) -> Vec<String> {
 }
 
 fn ops(actions: &[Action]) -> Vec<String> {
-    actions.iter().filter_map(wire::as_replicate).map(|(_, op)| op).collect()
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Replicate { op, .. } => Some(op.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The engine's report as the gateway's engine sends it.
+fn engine(change: &str, detail: &str) -> Event {
+    Event::VolumeSet {
+        volume_set: "vs1".into(),
+        change: change.into(),
+        local_site: "A".into(),
+        production: "A".into(),
+        detail: detail.into(),
+    }
 }
 
 #[test]
@@ -55,14 +71,14 @@ fn a_set_goes_through_its_life_across_the_abi() {
     assert_eq!(states(&started), ["OutOfSync"]);
 
     // The engine's event crosses as JSON; the machine answers with a resync.
-    let acts = p.on_event(&wire::volume_set_change("vs1", "link_up", None)).unwrap();
+    let acts = p.on_event(&engine("link_up", "")).unwrap();
     assert_eq!((ops(&acts), states(&acts)), (vec!["resync".into()], vec!["Resyncing".into()]));
-    let acts = p.on_event(&wire::volume_set_change("vs1", "resync_complete", None)).unwrap();
+    let acts = p.on_event(&engine("resync_complete", "1048576 bytes")).unwrap();
     assert_eq!(states(&acts), ["InSync"]);
 
     // A refused command: one Refuse, nothing else.
     let refuse = |acts: &[Action]| match acts {
-        [one] => wire::as_refuse(one),
+        [Action::Refuse { reason }] => Some(reason.clone()),
         _ => None,
     };
     let acts = p.on_event(&Event::Admin { command: "run".into(), args: json!({"volume_set": "vs1"}) }).unwrap();

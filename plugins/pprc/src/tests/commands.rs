@@ -98,7 +98,7 @@ fn state_table() {
 const EXPECTED_TABLE: &str = "\
 | site, state, peer | freeze | run | suspend | resync | swap | failover | failover {force:true} | failback | recover | online | online {site:peer} | offline {moving_across_site:true} | offline | join-cleanup |\n\
 |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n\
-| prod InSync peer up | freeze → SplitSite | ✗ | suspend → OutOfSync | ✗ | swap, prod → B | ✗ | ✗ | ✗ | ✗ | — | swap, prod → B | swap, prod → B | — | — |\n\
+| prod InSync peer up | freeze → SplitSite | ✗ | suspend → OutOfSync | ✗ | swap | ✗ | ✗ | ✗ | ✗ | — | swap | swap | — | — |\n\
 | prod OutOfSync peer up | freeze → SplitSite | ✗ | ✗ | resync → Resyncing | ✗ | ✗ | ✗ | ✗ | ✗ | resync → Resyncing | resync → Resyncing, swap at InSync | resync → Resyncing, swap at InSync | — | — |\n\
 | prod OutOfSync peer down | freeze → SplitSite | ✗ | ✗ | ✗ | ✗ | ✗ | ✗ | ✗ | ✗ | — | ✗ | ✗ | — | — |\n\
 | prod Resyncing peer up | freeze → SplitSite | ✗ | suspend → OutOfSync | ✗ | ✗ | ✗ | ✗ | ✗ | ✗ | — | swap at InSync | swap at InSync | — | — |\n\
@@ -108,7 +108,7 @@ const EXPECTED_TABLE: &str = "\
 | prod RecoverySite-ForceSwap peer down | ✗ | ✗ | ✗ | ✗ | ✗ | ✗ | ✗ | ✗ | ✗ | — | ✗ | ✗ | — | — |\n\
 | recovery Simplex peer up | ✗ | ✗ | ✗ | ✗ | ✗ | ✗ | failover → RecoverySite-ForceSwap, prod → B | ✗ | ✗ | ✗ | — | — | — | — |\n\
 | recovery Simplex peer down | ✗ | ✗ | ✗ | ✗ | ✗ | ✗ | failover → RecoverySite-ForceSwap, prod → B | ✗ | ✗ | ✗ | — | — | — | — |\n\
-| recovery InSync peer up | ✗ | ✗ | ✗ | ✗ | swap, prod → B | ✗ | failover → RecoverySite-ForceSwap, prod → B | ✗ | ✗ | swap, prod → B | — | — | — | — |\n\
+| recovery InSync peer up | ✗ | ✗ | ✗ | ✗ | swap | ✗ | failover → RecoverySite-ForceSwap, prod → B | ✗ | ✗ | swap | — | — | — | — |\n\
 | recovery Resyncing peer up | ✗ | ✗ | ✗ | ✗ | ✗ | ✗ | failover → RecoverySite-ForceSwap, prod → B | ✗ | ✗ | ✗ | — | — | — | — |\n\
 | recovery OutOfSync peer up | ✗ | ✗ | ✗ | ✗ | ✗ | ✗ | failover → RecoverySite-ForceSwap, prod → B | ✗ | ✗ | ✗ | — | — | — | — |\n\
 | recovery OutOfSync peer down | ✗ | ✗ | ✗ | ✗ | ✗ | failover → RecoverySite-ForceSwap, prod → B | failover → RecoverySite-ForceSwap, prod → B | ✗ | failover → RecoverySite-ForceSwap, prod → B | failover → RecoverySite-ForceSwap, prod → B | — | — | — | — |\n\
@@ -171,7 +171,7 @@ fn an_accepted_command_logs_its_plan_first_then_ops_and_states_in_order() {
     assert_eq!(message, "online vs1 at A: SplitSite, production A, peer B up → run, resync");
     let kinds: Vec<String> = acts
         .iter()
-        .map(|a| match (a, wire::as_replicate(a)) {
+        .map(|a| match (a, as_replicate(a)) {
             (_, Some((_, op))) => op,
             (Action::SetVolumeSetState { state, .. }, _) => state.clone(),
             (Action::Log { .. }, _) => "log".into(),
@@ -196,10 +196,11 @@ fn failback_resyncs_then_swaps_back_when_in_sync() {
     assert_eq!(ops(&acts), ["swap"]);
     assert_eq!(recorded(&acts), [State::InSync]);
     let v = m.view("vs1").unwrap();
-    assert_eq!((v.production.as_str(), v.state, v.pending_swap), ("A", State::InSync, false));
-    // The engine confirms; nothing more happens.
-    assert!(ops(&m.handle(&ev("vs1", "demoted"))).is_empty());
-    assert_eq!(m.view("vs1").unwrap().production, "A");
+    assert_eq!((v.production.as_str(), v.state, v.pending_swap), ("B", State::InSync, false));
+    // Production moves when the engine confirms the swap.
+    let acts = m.handle(&ev("vs1", "demoted"));
+    assert!(ops(&acts).is_empty() && recorded(&acts).is_empty());
+    assert_eq!((m.view("vs1").unwrap().production.as_str(), m.state("vs1")), ("A", Some(State::InSync)));
 }
 
 #[test]
@@ -222,6 +223,7 @@ fn failback_after_join_cleanup_swaps_at_once() {
     m.handle(&ev("vs1", "resync_complete"));
     assert_eq!(m.state("vs1"), Some(State::InSync));
     assert_eq!(ops(&cmd(&mut m, "failback")), ["swap"]);
+    m.handle(&ev("vs1", "demoted"));
     assert_eq!(m.view("vs1").unwrap().production, "A");
 }
 
@@ -232,6 +234,7 @@ fn offline_moving_across_sites_hands_over_after_the_resync() {
     assert!(ops(&acts).is_empty() && m.view("vs1").unwrap().pending_swap);
     assert!(logs(&acts)[0].ends_with("→ swap when the running resync completes"), "{acts:?}");
     assert_eq!(ops(&m.handle(&ev("vs1", "resync_complete"))), ["swap"]);
+    m.handle(&ev("vs1", "demoted"));
     assert_eq!(m.view("vs1").unwrap().production, "B");
 }
 
@@ -247,9 +250,12 @@ fn failover_with_force_takes_even_an_inconsistent_copy() {
 }
 
 #[test]
-fn swap_at_the_recovery_site_makes_it_production() {
+fn swap_at_the_recovery_site_makes_it_production_once_the_engine_confirms() {
     let mut m = at(false, State::InSync, true);
     assert_eq!(ops(&cmd(&mut m, "swap")), ["swap"]);
+    assert_eq!(m.view("vs1").unwrap().production, "A", "not before the engine says so");
+    // A failed swap sends nothing: production stays at A. A done one sends `promoted`.
+    m.handle(&ev_d("vs1", "promoted", ""));
     let v = m.view("vs1").unwrap();
     assert_eq!((v.production.as_str(), v.state), ("B", State::InSync));
     // Now at production: the engine's later events act as at production.

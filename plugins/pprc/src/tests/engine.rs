@@ -134,26 +134,46 @@ fn a_stale_production_demotes_itself() {
 #[test]
 fn the_recovery_site_learns_the_state_from_the_engine() {
     let mut m = machine_with("B", "A", "continue", true);
-    // A bare link_up says nothing about the copy: still Simplex, not consistent.
-    assert!(recorded(&m.handle(&ev("vs1", "link_up"))).is_empty());
-    assert_eq!(m.state("vs1"), Some(Simplex));
-    assert_eq!(recorded(&m.handle(&ev("vs1", "resync_started"))), [Resyncing]);
+    assert!(!m.view("vs1").unwrap().consistent);
+    // A state in `detail` is the production's; a bare link_up means mirroring is established.
+    assert_eq!(recorded(&m.handle(&ev_d("vs1", "link_up", "Resyncing"))), [Resyncing]);
+    assert!(!m.view("vs1").unwrap().consistent);
+    assert!(recorded(&m.handle(&ev_d("vs1", "link_up", "from A"))).is_empty(), "a resync is under way");
     assert_eq!(recorded(&m.handle(&ev("vs1", "resync_complete"))), [InSync]);
     assert!(m.view("vs1").unwrap().consistent);
-    // The production's state, passed on by the engine.
     assert_eq!(recorded(&m.handle(&ev_d("vs1", "peer_state", "OutOfSync"))), [OutOfSync]);
-    assert_eq!(recorded(&m.handle(&ev_d("vs1", "link_up", "InSync"))), [InSync]);
+    assert_eq!(recorded(&m.handle(&ev_d("vs1", "link_up", "from A"))), [InSync]);
+    assert_eq!(recorded(&m.handle(&ev("vs1", "resync_started"))), [Resyncing]);
     // Never a reserved state, never InSync with the link down.
     assert!(recorded(&m.handle(&ev_d("vs1", "peer_state", "XDMode"))).is_empty());
     m.handle(&ev("vs1", "link_down"));
     assert_eq!(m.state("vs1"), Some(OutOfSync));
     assert!(recorded(&m.handle(&ev_d("vs1", "peer_state", "InSync"))).is_empty());
     assert!(recorded(&m.handle(&ev_d("vs1", "peer_state", "nonsense"))).is_empty());
-    // A resync interrupted leaves the recovery copy inconsistent: no clean failover.
-    let mut m = reach(Cond { production_here: false, state: Resyncing, peer_up: true });
-    m.handle(&ev("vs1", "link_down"));
-    assert_eq!(m.state("vs1"), Some(OutOfSync));
+    // That resync never finished: the copy here is not consistent, so no clean failover.
     assert!(refused(&cmd(&mut m, "failover")).unwrap().contains("not consistent"));
+    assert_eq!(ops(&m.handle(&admin("failover", json!({"volume_set": "vs1", "force": true})))), ["failover"]);
+}
+
+#[test]
+fn a_restart_keeps_what_the_recorded_state_says() {
+    let open = |local: &str, state: &str| {
+        let cfg = json!({"local_site": local, "sets": [
+            {"name": "vs1", "production": "B", "home": "A", "peer": if local == "A" { "B" } else { "A" }, "state": state}]});
+        Machine::new(Config::from_json(&cfg).unwrap())
+    };
+    // At B, production after a forced takeover: still RecoverySite-ForceSwap, and failback
+    // knows A is home.
+    let mut b = open("B", "RecoverySite-ForceSwap");
+    assert_eq!(b.state("vs1"), Some(RecoverySiteForceSwap));
+    b.handle(&ev("vs1", "link_up"));
+    assert_eq!(ops(&cmd(&mut b, "failback")), ["resync"]);
+    // At A, the recovery site: a copy that was complete allows a clean failover.
+    let mut a = open("A", "InSync");
+    assert_eq!((a.state("vs1"), a.view("vs1").unwrap().consistent), (Some(OutOfSync), true));
+    assert_eq!(ops(&cmd(&mut a, "failover")), ["failover"]);
+    let a = open("A", "Resyncing");
+    assert_eq!((a.state("vs1"), a.view("vs1").unwrap().consistent), (Some(Simplex), false));
 }
 
 #[test]

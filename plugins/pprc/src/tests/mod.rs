@@ -10,7 +10,6 @@ use serde_json::{json, Value};
 
 use crate::config::Config;
 use crate::state::State;
-use crate::wire;
 use crate::Machine;
 
 pub(super) fn machine_with(local: &str, production: &str, on_link_loss: &str, auto_resync: bool) -> Machine {
@@ -24,12 +23,33 @@ pub(super) fn machine_with(local: &str, production: &str, on_link_loss: &str, au
     m
 }
 
+/// The engine's report, with `local_site` and `production` left unsaid.
 pub(super) fn ev(vs: &str, change: &str) -> Event {
-    wire::volume_set_change(vs, change, None)
+    ev_d(vs, change, "")
 }
 
 pub(super) fn ev_d(vs: &str, change: &str, detail: &str) -> Event {
-    wire::volume_set_change(vs, change, Some(detail))
+    Event::VolumeSet {
+        volume_set: vs.into(),
+        change: change.into(),
+        local_site: String::new(),
+        production: String::new(),
+        detail: detail.into(),
+    }
+}
+
+pub(super) fn as_replicate(a: &Action) -> Option<(String, String)> {
+    match a {
+        Action::Replicate { volume_set, op } => Some((volume_set.clone(), op.clone())),
+        _ => None,
+    }
+}
+
+pub(super) fn as_refuse(a: &Action) -> Option<String> {
+    match a {
+        Action::Refuse { reason } => Some(reason.clone()),
+        _ => None,
+    }
 }
 
 pub(super) fn admin(command: &str, args: Value) -> Event {
@@ -49,16 +69,16 @@ pub(super) fn feed(m: &mut Machine, events: &[Event]) -> Vec<Action> {
 pub(super) fn ops(actions: &[Action]) -> Vec<String> {
     actions
         .iter()
-        .filter_map(wire::as_replicate)
+        .filter_map(as_replicate)
         .map(|(vs, op)| if vs == "vs1" { op } else { format!("{vs}:{op}") })
         .collect()
 }
 
 pub(super) fn refused(actions: &[Action]) -> Option<String> {
     match actions {
-        [one] => wire::as_refuse(one),
+        [one] => as_refuse(one),
         _ => {
-            assert!(actions.iter().all(|a| wire::as_refuse(a).is_none()), "Refuse with other actions: {actions:?}");
+            assert!(actions.iter().all(|a| as_refuse(a).is_none()), "Refuse with other actions: {actions:?}");
             None
         }
     }
@@ -127,8 +147,7 @@ pub(super) fn reach(c: Cond) -> Machine {
     let down = ev("vs1", "link_down");
     let (mut m, script): (Machine, Vec<Event>) = if c.state == RecoverySiteForceSwap {
         let m = machine_with("B", "A", "continue", true);
-        let mut s =
-            vec![up.clone(), ev("vs1", "resync_started"), ev("vs1", "resync_complete"), down, admin_vs1("failover")];
+        let mut s = vec![up.clone(), down, admin_vs1("failover")];
         if c.peer_up {
             s.push(up);
         }
@@ -148,16 +167,15 @@ pub(super) fn reach(c: Cond) -> Machine {
         (m, s)
     } else {
         let m = machine_with("B", "A", "continue", true);
-        let in_sync = [up.clone(), ev("vs1", "resync_started"), ev("vs1", "resync_complete")];
         let s: Vec<Event> = match (c.state, c.peer_up) {
-            (Simplex, true) => vec![up],
+            (Simplex, true) => vec![ev_d("vs1", "link_up", "Simplex")],
             (Simplex, false) => vec![],
-            (InSync, true) => in_sync.to_vec(),
+            (InSync, true) => vec![up],
             (Resyncing, true) => vec![up, ev("vs1", "resync_started")],
-            (OutOfSync, false) => [&in_sync[..], &[down]].concat(),
-            (OutOfSync, true) => [&in_sync[..], &[down, up]].concat(),
-            (SplitSite, true) => [&in_sync[..], &[ev("vs1", "frozen")]].concat(),
-            (SplitSite, false) => [&in_sync[..], &[ev("vs1", "frozen"), down]].concat(),
+            (OutOfSync, false) => vec![up, down],
+            (OutOfSync, true) => vec![up, down, ev_d("vs1", "link_up", "OutOfSync")],
+            (SplitSite, true) => vec![up, ev("vs1", "frozen")],
+            (SplitSite, false) => vec![up, ev("vs1", "frozen"), down],
             other => panic!("unreachable condition {other:?}"),
         };
         (m, s)

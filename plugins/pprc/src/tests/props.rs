@@ -11,8 +11,9 @@ use crate::commands::Command;
 use crate::config::Config;
 use crate::engine::CHANGES;
 use crate::state::State;
-use crate::wire;
 use crate::{Machine, SetView};
+
+use super::{as_refuse, as_replicate, ev_d};
 
 const SETS: [&str; 3] = ["vs1", "vs2", "vs9"];
 const DETAILS: [&str; 10] = [
@@ -65,7 +66,7 @@ fn input() -> impl Strategy<Value = Input> {
 
 fn config() -> impl Strategy<Value = Value> {
     let set = (any::<bool>(), any::<bool>(), any::<bool>());
-    (any::<bool>(), set.clone(), set).prop_map(|(local_a, s1, s2)| {
+    (any::<bool>(), set, set).prop_map(|(local_a, s1, s2)| {
         let (local, peer) = if local_a { ("A", "B") } else { ("B", "A") };
         let set = |name: &str, (here, freeze, auto): (bool, bool, bool)| {
             json!({ "name": name, "production": if here { local } else { peer }, "peer": peer,
@@ -82,10 +83,7 @@ fn event(m: &Machine, input: &Input) -> Event {
         Input::Started => Event::Started { node: local, role: "server".into() },
         Input::PeerUp => Event::PeerUp { peer: peer.into() },
         Input::PeerDown => Event::PeerDown { peer: peer.into(), reason: "test".into() },
-        Input::Change { set, change, detail } => {
-            let d = DETAILS[*detail];
-            wire::volume_set_change(SETS[*set], change, (!d.is_empty()).then_some(d))
-        }
+        Input::Change { set, change, detail } => ev_d(SETS[*set], change, DETAILS[*detail]),
         Input::Admin { command, set, force, site, moving } => {
             let mut args = json!({ "volume_set": SETS[*set], "force": force, "moving_across_site": moving });
             match site {
@@ -132,7 +130,7 @@ fn check(before: &Machine, event: &Event, acts: &[Action], after: &Machine) -> R
     };
 
     // A refusal comes alone, changes nothing, and names the command, the set and its state.
-    if let Some(reason) = acts.iter().find_map(wire::as_refuse) {
+    if let Some(reason) = acts.iter().find_map(as_refuse) {
         prop_assert_eq!(acts.len(), 1, "Refuse with other actions: {:?}", acts);
         prop_assert_eq!(before, after, "a refusal changed the machine");
         let Some((cmd, args)) = admin else { return Err(TestCaseError::fail("refused a non-command")) };
@@ -158,7 +156,7 @@ fn check(before: &Machine, event: &Event, acts: &[Action], after: &Machine) -> R
             current.insert(volume_set.clone(), s.unwrap());
             recorded.insert(volume_set.clone(), s.unwrap());
         }
-        let Some((vs, op)) = wire::as_replicate(a) else { continue };
+        let Some((vs, op)) = as_replicate(a) else { continue };
         prop_assert!(OPS.contains(&op.as_str()), "unknown op {}", op);
         let (b, now) = (before.view(&vs).unwrap(), after.view(&vs).unwrap());
         let was_production = b.production == b.local_site;
@@ -229,7 +227,7 @@ fn random_histories_cover_the_machine() {
         for input in &inputs {
             let e = event(&m, input);
             for a in m.handle(&e) {
-                ops.extend(wire::as_replicate(&a).map(|(_, op)| op));
+                ops.extend(as_replicate(&a).map(|(_, op)| op));
             }
             states.extend(m.set_names().map(|n| m.state(n).unwrap()));
         }
