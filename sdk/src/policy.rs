@@ -70,8 +70,11 @@ pub enum Event {
     VolumeSet {
         volume_set: String,
         change: String,
+        #[serde(default)]
         local_site: String,
+        #[serde(default)]
         production: String,
+        #[serde(default)]
         detail: String,
     },
     /// An event this SDK version does not know, passed through as it came.
