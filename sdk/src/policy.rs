@@ -80,18 +80,35 @@ pub enum Event {
     /// Quorum recovery (controllers). A shutdown command for `servers` with a shutdown mode
     /// (`normal`, `expedite`, `immediate`, `force`), from the operator (`from` = "operator")
     /// or rebroadcast by controller `from`.
-    ShutdownCommand { servers: Vec<String>, mode: String, from: String },
+    ShutdownCommand {
+        servers: Vec<String>,
+        mode: String,
+        from: String,
+    },
     /// The command to bring servers back online (FIG. 4 step 450), from the operator or a
     /// controller.
-    ReturnCommand { servers: Vec<String>, from: String },
+    ReturnCommand {
+        servers: Vec<String>,
+        from: String,
+    },
     /// What a controller learned of a server: whether it is operational, its position (last
     /// replicated sequence / copy token) and how much copy work towards it is pending.
-    ServerReport { server: String, operational: bool, position: u64, copies_pending: u64 },
+    ServerReport {
+        server: String,
+        operational: bool,
+        position: u64,
+        copies_pending: u64,
+    },
     /// A message from another controller (the policy defines its body).
-    ControllerMessage { from: String, body: serde_json::Value },
+    ControllerMessage {
+        from: String,
+        body: serde_json::Value,
+    },
     /// At start: this controller's saved shutdown key, or none (missing, torn or corrupt keys
     /// are reported as none: never as a yes).
-    KeyLoaded { key: Option<serde_json::Value> },
+    KeyLoaded {
+        key: Option<serde_json::Value>,
+    },
     /// An event this SDK version does not know, passed through as it came.
     #[serde(skip)]
     Unknown(serde_json::Value),
@@ -140,13 +157,24 @@ pub enum Action {
         reason: String,
     },
     /// Quorum recovery: save this controller's shutdown key durably (fsync'd, checksummed).
-    SaveKey { key: serde_json::Value },
+    SaveKey {
+        key: serde_json::Value,
+    },
     /// Send a message to another controller (`to` = its id, or `*` for every other one).
-    SendToController { to: String, body: serde_json::Value },
+    SendToController {
+        to: String,
+        body: serde_json::Value,
+    },
     /// Take a server offline with a shutdown mode.
-    ShutdownServer { server: String, mode: String },
+    ShutdownServer {
+        server: String,
+        mode: String,
+    },
     /// Publish a status entry (e.g. the quorum outcome and why), shown by status commands.
-    Report { key: String, value: serde_json::Value },
+    Report {
+        key: String,
+        value: serde_json::Value,
+    },
     /// An action this SDK version does not know, passed through as it came.
     #[serde(skip)]
     Unknown(serde_json::Value),

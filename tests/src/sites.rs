@@ -633,9 +633,10 @@ impl Writer {
         }
     }
 
-    /// Kill it (SIGKILL) and wait; returns its stderr.
-    pub fn kill(mut self) -> String {
-        let _ = self.child.kill();
+    /// Stop it (SIGTERM to `timeout`, which passes it on to python) and wait; returns its
+    /// stderr.
+    pub fn kill(self) -> String {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
         self.finish()
     }
 
@@ -653,6 +654,15 @@ impl Writer {
         let t = self.text();
         let v: Vec<&str> = t.lines().collect();
         v[v.len().saturating_sub(n)..].join("\n")
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+            let _ = self.child.wait();
+        }
     }
 }
 

@@ -405,26 +405,7 @@ impl Engine {
                     s.frozen_since = Some(Instant::now());
                 });
                 self.events.send(name, "frozen", "freeze command");
-                let (set2, events) = (set.clone(), self.events.clone());
-                let timeout = set.cfg.freeze_timeout;
-                tokio::spawn(async move {
-                    tokio::time::sleep(timeout).await;
-                    let released = set2.update(|s| {
-                        let expired = s.flow == Flow::Frozen && s.frozen_since.is_some_and(|t| t.elapsed() >= timeout);
-                        if expired {
-                            s.flow = Flow::Tracking;
-                            s.frozen_since = None;
-                        }
-                        expired
-                    });
-                    if released {
-                        tracing::warn!(
-                            set = set2.name(),
-                            "freeze timed out after {timeout:?}: host I/O released, changes tracked"
-                        );
-                        events.send(set2.name(), "released", "freeze timeout");
-                    }
-                });
+                arm_freeze_timer(&set, &self.events);
                 Ok(())
             }
             "run" => {
@@ -771,6 +752,28 @@ impl Engine {
             }
         }
     }
+}
+
+/// Release a freeze that nobody released within the set's freeze timeout: host I/O resumes
+/// and changes are tracked (PPRC: freeze, then run after the timeout).
+pub fn arm_freeze_timer(set: &Arc<VolumeSet>, events: &Events) {
+    let (set, events) = (set.clone(), events.clone());
+    let timeout = set.cfg.freeze_timeout;
+    tokio::spawn(async move {
+        tokio::time::sleep(timeout).await;
+        let released = set.update(|s| {
+            let expired = s.flow == Flow::Frozen && s.frozen_since.is_some_and(|t| t.elapsed() >= timeout);
+            if expired {
+                s.flow = Flow::Tracking;
+                s.frozen_since = None;
+            }
+            expired
+        });
+        if released {
+            tracing::warn!(set = set.name(), "freeze timed out after {timeout:?}: host I/O released, changes tracked");
+            events.send(set.name(), "released", "freeze timeout");
+        }
+    });
 }
 
 fn ok_or(r: Value) -> Result<(), String> {

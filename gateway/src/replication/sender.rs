@@ -127,6 +127,7 @@ fn lost(
     events.send(set.name(), "link_down", why);
     if flow == Flow::Frozen {
         events.send(set.name(), "frozen", "link lost with on_link_loss = freeze");
+        super::arm_freeze_timer(set, events);
     }
 }
 
