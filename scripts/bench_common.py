@@ -424,7 +424,7 @@ def print_ratio_table(rows, base, extra=None):
     xh = f" {extra[0]:>{extra[1]}}" if extra else ""
     hdr = (f"{'workload':<24} {'target':<14} {'IOPS':>8} {'MB/s':>7} {'p99 µs':>7} "
            f"{'srvCPU':>6} {'µs/IO':>6} {'other':>5} {'spread':>6}{xh}  {col:<24}")
-    print(hdr)
+    print(hdr.rstrip())
     print("-" * len(hdr))
     last = None
     for r in rows:

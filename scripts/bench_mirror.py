@@ -4,7 +4,8 @@ Two gateway daemons on loopback, site A (production) and site B, each with its o
 directory and ports. A serves two 512 MiB exports on the `file` backend: `mirrored`, the only
 volume of volume set `vs1` (mode sync, mirrored to B's `mirrored`), and `plain`, not in any
 set. Both start empty; the suite waits for vs1 to reach InSync (`gateway ctl wait-for-state`:
-A's initial full copy to B, timed and reported), then prefills both exports with one
+A's initial full copy to B, timed from B ready, so including A's reconnect back-off of up to
+1 s, and reported), then prefills both exports with one
 sequential 1 MiB write pass (the mirrored one through the mirror).
 
 Throughput: 4k randwrite QD32 and 1M seqwrite QD8, interleaved mirrored, plain round after
@@ -14,8 +15,8 @@ mirrored write; for plain it idles); `B CPU` is B's share. After every mirrored 
 must still be InSync (else the writes were only tracked, not mirrored, and a warning is shown).
 
 Resync (workload `resync`, once per round): SIGKILL B; wait for A to notice (the set leaves
-InSync); write 128 MiB sequentially at A (1 MiB writes at QD1: 2048 dirty 64 KiB regions;
-the offset moves 128 MiB each round); restart B; poll A's status (the admin socket's
+InSync); write 128 MiB sequentially at A (1 MiB writes at QD1, see resync_round: 2048 dirty
+64 KiB regions; the offset moves 128 MiB each round); restart B; poll A's status (the admin socket's
 `status`, as `gateway ctl --json status` prints it) every 20 ms until vs1 is InSync again.
 Reported: dirty bytes before B's restart; resync bytes (delta of `resync_bytes_sent`);
 seconds from B's start to B ready, to the data link up, to InSync; MB/s = resync bytes /
@@ -235,9 +236,7 @@ def run(gateway, tmp, wls, resync, rounds, runtime, ramp):
             print(f"# WARNING: {SET} was {s} after a {t} {wl} run (those writes were tracked, "
                   f"not mirrored: that run flatters `mirrored`)")
     if resync:
-        for rnd in range(rounds):
-            resyncs.append(resync_round(a, b, rnd, rounds))
-    if resync:
+        resyncs = [resync_round(a, b, rnd, rounds) for rnd in range(rounds)]
         print_resync(resyncs)
     print(f"# initial full copy: {initial['bytes'] / 2**20:.0f} MiB in {initial['s']:.1f}s "
           f"({initial['mbps']:.0f} MB/s, from B ready to InSync)")

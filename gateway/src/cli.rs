@@ -273,6 +273,13 @@ fn ctl(args: CtlArgs) -> anyhow::Result<()> {
     if reply["ok"] != true {
         anyhow::bail!("{}", reply["error"].as_str().unwrap_or("the daemon refused the request"));
     }
+    if matches!(args.command, CtlCommand::VerifyConfig) && reply["result"]["ok"] != true {
+        let problems: Vec<String> = reply["result"]["problems"]
+            .as_array()
+            .map(|a| a.iter().map(|p| p.as_str().unwrap_or_default().to_owned()).collect())
+            .unwrap_or_default();
+        anyhow::bail!("verify-config found problems:\n  {}", problems.join("\n  "));
+    }
     Ok(())
 }
 

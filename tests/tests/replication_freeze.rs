@@ -152,3 +152,39 @@ fn replication_freeze_times_out() {
     sites.assert_identical("after the freeze timed out and a resync");
     eprintln!("replication_freeze_times_out: held {held:?}; {:?}", t0.elapsed());
 }
+
+/// `freeze` by command (link up): writes held, `run` releases them (OutOfSync, tracked),
+/// `resync` brings the set back to InSync; `suspend` / `resync` likewise without the hold.
+#[test]
+fn replication_freeze_and_suspend_commands() {
+    let sites = TwoSites::new(Options { freeze_timeout_ms: Some(60_000), ..Default::default() }).unwrap();
+    sites.wait_in_sync(Site::A, Duration::from_secs(30));
+    sites.ctl_ok(Site::A, &["freeze", "vs1"]);
+    let a = sites.wait_state(Site::A, "SplitSite", Duration::from_secs(5));
+    assert_eq!(a["flow"], "frozen", "{a}");
+    let w = OneWrite::start(&sites.uri(Site::A), 3 << 20);
+    assert!(w.wait_line("connected", Duration::from_secs(10)).is_some());
+    assert!(w.wait_line("written", Duration::from_secs(2)).is_none(), "a write completed while frozen by command");
+    sites.ctl_ok(Site::A, &["run", "vs1"]);
+    assert!(w.wait_line("written", Duration::from_secs(5)).is_some(), "`run` did not release the write");
+    let a = sites.wait_state(Site::A, "OutOfSync", Duration::from_secs(5));
+    assert_eq!(a["flow"], "tracking", "{a}");
+    assert!(a["dirty_bytes"].as_u64().unwrap() > 0, "{a}");
+    sites.ctl_ok(Site::A, &["resync", "vs1"]);
+    sites.wait_in_sync(Site::A, Duration::from_secs(30));
+    sites.assert_identical("after freeze, run, resync");
+    assert_eq!(sites.image(Site::B)[3 << 20], 0x6b);
+
+    sites.ctl_ok(Site::A, &["suspend", "vs1"]);
+    let a = sites.wait_state(Site::A, "OutOfSync", Duration::from_secs(5));
+    assert_eq!(a["flow"], "tracking", "{a}");
+    let w = OneWrite::start(&sites.uri(Site::A), 5 << 20);
+    assert!(w.wait_line("written", Duration::from_secs(10)).is_some(), "a write while suspended did not complete");
+    assert_eq!(sites.image(Site::B)[5 << 20], 0, "a write while suspended reached B");
+    let a = sites.vs(Site::A);
+    assert_eq!(a["dirty_bytes"], 65536, "{a}");
+    assert_eq!(a["state"], "OutOfSync", "suspend must not resync by itself: {a}");
+    sites.ctl_ok(Site::A, &["resync", "vs1"]);
+    sites.wait_in_sync(Site::A, Duration::from_secs(30));
+    sites.assert_identical("after suspend, resync");
+}

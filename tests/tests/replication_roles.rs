@@ -13,13 +13,18 @@
 //!   restarted does not come back as production (B has a newer generation): it steps down,
 //!   its export refuses writes; `join-cleanup` at B resyncs A (InSync, identical images);
 //!   `failback` at B moves production home to A, InSync;
-//! * `verify-config` succeeds for matching sites and reports a volume size mismatch.
+//! * `verify-config` succeeds for matching sites and reports a volume size mismatch;
+//! * after each swap both sites show the link up;
+//! * a swap while a libnbd writer keeps writing at A: every acknowledged write is at B, writes
+//!   after the swap are refused (EPERM), and the images end identical;
+//! * the old production site rejoining after a failover does not claim InSync before the
+//!   join-cleanup resync brought it up to date.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use gateway_tests::sites::{Options, Site, TwoSites, VOLUME};
+use gateway_tests::sites::{block_hashes, Expect, Options, Site, TwoSites, Writer, VOLUME};
 use gateway_tests::{pattern, raw, require_tool, run};
 use serde_json::Value;
 
@@ -164,6 +169,10 @@ fn replication_roles() {
     refused(&sites, Site::B, &["resync", "vs1"], &["resync", "vs1"]);
     refused(&sites, Site::A, &["failback", "vs1"], &["failback", "vs1", "InSync"]);
     sites.ctl_ok(Site::A, &["wait-for-state", "vs1", "InSync", "--timeout", "5"]);
+    let (st, _, err) = sites.ctl(Site::A, &["swap", "nope"]);
+    assert!(!st.success() && err.contains("nope"), "swap of an unknown set: {err}");
+    let (st, _, err) = sites.ctl(Site::B, &["wait-for-state", "nope", "InSync", "--timeout", "1"]);
+    assert!(!st.success() && err.contains("nope"), "wait-for-state of an unknown set: {err}");
     let (st, _, err) = sites.ctl(Site::A, &["wait-for-state", "vs1", "Resyncing", "--timeout", "1"]);
     assert!(!st.success() && err.contains("InSync"), "wait-for-state Resyncing while InSync: {err}");
 
@@ -241,7 +250,8 @@ fn replication_roles() {
     let b = sites.vs(Site::B);
     assert_eq!(b["state"], "RecoverySite-ForceSwap", "B left RecoverySite-ForceSwap by itself: {b}");
 
-    // join-cleanup at B: A is resynced.
+    // join-cleanup at B (once its link to A is up): A is resynced.
+    sites.wait_until(Site::B, "linked to A", T, |v| v["link_up"] == true);
     sites.ctl_ok(Site::B, &["join-cleanup", "vs1"]);
     assert_production(&sites, Site::B, "after join-cleanup");
     sites.assert_identical("after join-cleanup");
@@ -287,4 +297,74 @@ fn replication_verify_config_size_mismatch() {
     assert!(text.contains("volumes differ") && text.contains("vol0"), "verify-config does not report the size: {text}");
     assert!(text.contains(&(32 * MIB).to_string()) && text.contains(&(48 * MIB).to_string()), "{text}");
     assert!(!st.success(), "verify-config found a problem but exited 0: {text}");
+}
+
+#[test]
+fn replication_swap_under_load() {
+    let sites = TwoSites::new(Options::default()).unwrap();
+    sites.wait_in_sync(Site::A, T);
+    let log = sites.dir(Site::A).join("writer.log");
+    let mut writer = Writer::spawn(&sites.uri(Site::A), 5, 60, &log, 8, None);
+    writer.wait_acks(300, T);
+    sites.ctl_ok(Site::A, &["swap", "vs1"]);
+    let acks_at_swap = writer.acks();
+    std::thread::sleep(Duration::from_millis(300));
+    let stderr = writer.kill();
+    let expect = Expect::parse(&std::fs::read_to_string(&log).unwrap());
+    assert!(expect.error.is_none(), "the writer's connection broke: {:?} {stderr}", expect.error);
+    // Writes after the swap are refused (EPERM), never lost silently.
+    assert!(!expect.failed_writes.is_empty(), "A kept accepting writes after the swap");
+    let not_eperm: Vec<&String> = expect.failed_writes.iter().filter(|f| !f.contains("EPERM")).take(3).collect();
+    assert!(not_eperm.is_empty(), "writes failed with other errors than EPERM: {not_eperm:?}");
+    assert!(
+        expect.acked_writes <= acks_at_swap + 8,
+        "{} writes acknowledged after the swap",
+        expect.acked_writes - acks_at_swap
+    );
+    sites.wait_in_sync(Site::B, T);
+    let (bad, landed) = expect.check(&block_hashes(&sites.image_path(Site::B)), &[]);
+    assert!(bad.is_empty(), "{} blocks of B miss acknowledged writes, first {:?}", bad.len(), bad.first());
+    sites.assert_identical("after a swap under load");
+    eprintln!(
+        "swap under load: {} writes acknowledged, {} refused, {landed} in flight landed",
+        expect.acked_writes,
+        expect.failed_writes.len()
+    );
+}
+
+#[test]
+fn replication_rejoin_state() {
+    let mut sites = TwoSites::new(Options::default()).unwrap();
+    sites.wait_in_sync(Site::A, T);
+    sites.kill9(Site::A);
+    sites.wait_until(Site::B, "without a link", T, |v| v["link_up"] == false);
+    sites.ctl_ok(Site::B, &["failover", "vs1"]);
+    sites.wait_state(Site::B, "RecoverySite-ForceSwap", T);
+    let q = Command::new("qemu-io")
+        .args(["-f", "raw", &sites.uri(Site::B), "-c", "write -P 0x3c 30M 1M"])
+        .output()
+        .unwrap();
+    assert!(q.status.success(), "{q:?}");
+    sites.restart(Site::A).unwrap();
+    sites.wait_until(Site::A, "the recovery site", T, |v| v["role"] == "secondary");
+    sites.wait_until(Site::B, "linked to A", T, |v| v["link_up"] == true);
+    std::thread::sleep(Duration::from_secs(1));
+    let (a, b) = (sites.vs(Site::A), sites.vs(Site::B));
+    assert_ne!(
+        sites.image(Site::A)[30 * MIB as usize],
+        0x3c,
+        "A already has B's write before join-cleanup (the test needs it not to)"
+    );
+    assert!(
+        a["state"] != "InSync",
+        "A (the old production, rejoined) claims InSync before join-cleanup, while it lacks B's writes and B is {} \
+         with {} dirty bytes: A {a}\nB {b}\n{}",
+        b["state"],
+        b["dirty_bytes"],
+        sites.logs(12)
+    );
+    sites.ctl_ok(Site::B, &["join-cleanup", "vs1"]);
+    sites.wait_in_sync(Site::B, T);
+    sites.wait_state(Site::A, "InSync", T);
+    sites.assert_identical("after join-cleanup");
 }

@@ -44,11 +44,12 @@ use set::{Flow, Item, Persisted, Role, VolumeSet};
 
 /// Reports from the engine's tasks to the policy loop.
 #[derive(Clone)]
-pub struct Events(mpsc::UnboundedSender<(String, String, String)>);
+pub struct Events(mpsc::UnboundedSender<(String, String, String)>, Arc<tokio::sync::Notify>);
 
 impl Events {
     pub fn send(&self, set: &str, change: &str, detail: &str) {
         let _ = self.0.send((set.to_owned(), change.to_owned(), detail.to_owned()));
+        self.1.notify_one();
     }
 }
 
@@ -67,7 +68,11 @@ pub struct Engine {
     sets: Vec<Arc<VolumeSet>>,
     policy: tokio::sync::Mutex<ImportedPolicy>,
     events: Events,
-    events_rx: Mutex<Option<mpsc::UnboundedReceiver<(String, String, String)>>>,
+    /// Engine reports not yet given to the policy. Drained in order under `pump`, by the
+    /// event loop and by every admin command before it asks the policy, so a command is always
+    /// judged on everything that happened before it.
+    events_rx: Mutex<mpsc::UnboundedReceiver<(String, String, String)>>,
+    pump: tokio::sync::Mutex<()>,
     sessions: Mutex<HashMap<String, CancellationToken>>,
     started: Instant,
 }
@@ -152,8 +157,9 @@ impl Engine {
             node,
             sets,
             policy: tokio::sync::Mutex::new(policy),
-            events: Events(tx),
-            events_rx: Mutex::new(Some(rx)),
+            events: Events(tx, Arc::new(tokio::sync::Notify::new())),
+            events_rx: Mutex::new(rx),
+            pump: tokio::sync::Mutex::new(()),
             sessions: Mutex::new(HashMap::new()),
             started: Instant::now(),
         })))
@@ -194,9 +200,7 @@ impl Engine {
         }
         tokio::spawn(receiver::serve(data, self.clone(), shutdown.clone()));
         tokio::spawn(control::serve(control, self.clone(), shutdown.clone()));
-        if let Some(rx) = self.events_rx.lock().take() {
-            tokio::spawn(self.clone().event_loop(rx, shutdown.clone()));
-        }
+        tokio::spawn(self.clone().event_loop(shutdown.clone()));
         self.deliver(&Event::Started { node: self.site().to_owned(), role: "server".into() }).await;
         for set in &self.sets {
             let change = if set.state().role == Role::Primary { "promoted" } else { "demoted" };
@@ -303,30 +307,35 @@ impl Engine {
         self.events.send(set.name(), "promoted", "");
     }
 
-    async fn event_loop(
-        self: Arc<Self>,
-        mut rx: mpsc::UnboundedReceiver<(String, String, String)>,
-        shutdown: CancellationToken,
-    ) {
+    async fn event_loop(self: Arc<Self>, shutdown: CancellationToken) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let wake = self.events.1.clone();
         loop {
-            let event = tokio::select! {
+            let _guard = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tick.tick() => Event::Tick { now_ms: self.started.elapsed().as_millis() as u64 },
-                e = rx.recv() => match e {
-                    Some((set, change, detail)) => {
-                        let st = self.set(&set).map(|s| s.state());
-                        Event::VolumeSet {
-                            volume_set: set,
-                            change,
-                            local_site: self.site().to_owned(),
-                            production: st.map(|s| s.production).unwrap_or_default(),
-                            detail,
-                        }
-                    }
-                    None => return,
-                },
+                _ = tick.tick() => {
+                    let g = self.pump.lock().await;
+                    self.drain().await;
+                    self.deliver(&Event::Tick { now_ms: self.started.elapsed().as_millis() as u64 }).await;
+                    g
+                }
+                _ = wake.notified() => {
+                    let g = self.pump.lock().await;
+                    self.drain().await;
+                    g
+                }
             };
+        }
+    }
+
+    /// Deliver every queued engine report, in order. Call with `pump` held.
+    async fn drain(self: &Arc<Self>) {
+        loop {
+            let next = self.events_rx.lock().try_recv();
+            let Ok((set, change, detail)) = next else { return };
+            let production = self.set(&set).map(|s| s.state().production).unwrap_or_default();
+            let event =
+                Event::VolumeSet { volume_set: set, change, local_site: self.site().to_owned(), production, detail };
             self.deliver(&event).await;
         }
     }
@@ -640,10 +649,13 @@ impl Engine {
         let set = self
             .set(&name)
             .ok_or_else(|| format!("unknown volume set `{name}` (this site has: {})", self.set_names()))?;
+        let pump = self.pump.lock().await;
+        self.drain().await;
         let actions = {
             let mut p = self.policy.lock().await;
             p.on_event(&Event::Admin { command: command.to_owned(), args: args.clone() })?
         };
+        drop(pump);
         if let Some(Action::Refuse { reason }) = actions.iter().find(|a| matches!(a, Action::Refuse { .. })) {
             return Err(reason.clone());
         }

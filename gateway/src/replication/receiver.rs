@@ -85,7 +85,14 @@ async fn session(stream: TcpStream, engine: &Arc<Engine>, shutdown: Cancellation
     let session = CancellationToken::new();
     engine.replace_session(set.name(), session.clone());
     set.update(|st| st.link_up = true);
-    engine.events().send(set.name(), "link_up", &format!("from {node}"));
+    // The recovery site's state is the production site's: ask it, so a link that merely came
+    // up is not mistaken for a complete copy. Unknown counts as not in sync.
+    let req = serde_json::json!({"op": "state", "volume_set": set.name()});
+    let production_state = match super::control::request(set.cfg.peer_control, engine.site(), set.name(), req).await {
+        Ok(v) if v["ok"] == true => v["state"].as_str().unwrap_or("OutOfSync").to_owned(),
+        _ => "OutOfSync".to_owned(),
+    };
+    engine.events().send(set.name(), "link_up", &production_state);
     tracing::info!(set = set.name(), %node, "replication data link accepted");
     let result = apply_loop(&set, &mut reader, &mut writer, &session, &shutdown).await;
     // Once this site is production, the inbound link's end says nothing about the link

@@ -90,7 +90,12 @@ pub async fn run(set: Arc<VolumeSet>, events: Events, shutdown: CancellationToke
         let end = session(&set, &mut rx, &inflight, reader, writer, &shutdown).await;
         match end {
             End::Deliberate => {
-                set.update(|st| st.link_up = false);
+                // Once this site is the recovery site, `link_up` describes the inbound link.
+                set.update(|st| {
+                    if st.role == Role::Primary {
+                        st.link_up = false;
+                    }
+                });
                 for item in take_all(&inflight) {
                     set.track(item);
                 }

@@ -282,7 +282,9 @@ impl VolumeSet {
     /// The link is lost: switch the flow per the set's policy. Returns the new flow.
     pub fn on_link_lost(&self, why: &str) -> Flow {
         self.update(|st| {
-            st.link_up = false;
+            if st.role == Role::Primary {
+                st.link_up = false;
+            }
             st.last_error = Some(why.to_owned());
             if st.role == Role::Primary && st.flow == Flow::Mirroring {
                 st.flow = match self.cfg.on_link_loss {
