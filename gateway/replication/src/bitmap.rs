@@ -61,6 +61,8 @@ pub struct ChangeBitmap {
     regions: u64,
     volume_size: u64,
     bits: Mutex<Vec<u64>>,
+    /// One writer at a time: persists share a temporary file.
+    persisting: Mutex<()>,
 }
 
 impl ChangeBitmap {
@@ -71,7 +73,14 @@ impl ChangeBitmap {
         }
         let regions = volume_size.div_ceil(region);
         let words = regions.div_ceil(64) as usize;
-        let bm = |bits| ChangeBitmap { path: path.to_path_buf(), region, regions, volume_size, bits: Mutex::new(bits) };
+        let bm = |bits| ChangeBitmap {
+            path: path.to_path_buf(),
+            region,
+            regions,
+            volume_size,
+            bits: Mutex::new(bits),
+            persisting: Mutex::new(()),
+        };
         let io = |op, source| BitmapError::Io { path: p.clone(), op, source };
         let mut raw = Vec::new();
         match File::open(path) {
@@ -208,6 +217,8 @@ impl ChangeBitmap {
     pub fn persist(&self) -> Result<(), BitmapError> {
         let p = self.path.display().to_string();
         let io = |op, source| BitmapError::Io { path: p.clone(), op, source };
+        // Taken before the bits are copied, so the last writer always writes the newest bits.
+        let _one_writer = self.persisting.lock();
         let bits = self.bits.lock().clone();
         let mut body = Vec::with_capacity(bits.len() * 8);
         for w in &bits {

@@ -355,8 +355,31 @@ impl Engine {
         for a in actions {
             if let Err(e) = self.execute(&a).await {
                 tracing::warn!(action = %a.to_json(), "action failed: {e}");
+                if let Action::Replicate { volume_set, op } = &a {
+                    self.mechanism_failed(volume_set, op, &e);
+                }
             }
         }
+    }
+
+    /// Tell the policy a mechanism it asked for did not happen. A resync that could not start
+    /// (e.g. the control link is down while the data link is up) is offered again shortly, as
+    /// a fresh `link_up`, while the link stays up and the set stays out of sync.
+    fn mechanism_failed(self: &Arc<Self>, name: &str, op: &str, error: &str) {
+        if op != "resync" {
+            self.events.send(name, "replication_error", &format!("{op}: {error}"));
+            return;
+        }
+        self.events.send(name, "resync_failed", error);
+        let Some(set) = self.set(name) else { return };
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let st = set.state();
+            if st.role == Role::Primary && st.link_up && st.resync.is_none() && st.flow != Flow::Mirroring {
+                events.send(set.name(), "link_up", "retry after a resync that could not start");
+            }
+        });
     }
 
     async fn execute(self: &Arc<Self>, action: &Action) -> Result<(), String> {

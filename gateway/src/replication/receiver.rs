@@ -9,8 +9,9 @@ use gateway_backend::ZeroFlags;
 use gateway_replication::frame::{
     Channel, FrameError, Message, UpdateOp, CURRENT_VERSION, UPDATE_FLAG_FUA, UPDATE_FLAG_MAY_TRIM,
 };
-use tokio::io::{AsyncWrite, BufWriter};
+use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::link::{self, FrameReader, LinkError, LINK_TIMEOUT};
@@ -114,6 +115,49 @@ async fn session(stream: TcpStream, engine: &Arc<Engine>, shutdown: Cancellation
     result
 }
 
+/// Updates applied at once. Non-overlapping updates are independent, so they run in
+/// parallel; an update that overlaps one still running waits for it (the production site's
+/// order is kept wherever it matters), and replies go back in arrival order, which is how the
+/// production site matches them.
+const APPLY_WINDOW: usize = 64;
+
+struct Running {
+    volume: String,
+    start: u64,
+    end: u64,
+    done: watch::Receiver<bool>,
+}
+
+async fn wait_for(running: &mut Vec<Running>, overlaps: impl Fn(&Running) -> bool) {
+    for r in running.iter_mut().filter(|r| overlaps(r)) {
+        let _ = r.done.wait_for(|d| *d).await;
+    }
+    running.retain(|r| !*r.done.borrow());
+}
+
+/// Apply in the background; `reply` turns the outcome into the frame for the peer.
+#[allow(clippy::too_many_arguments)]
+fn spawn_apply(
+    set: &Arc<VolumeSet>,
+    volume: String,
+    offset: u64,
+    op: UpdateOp,
+    flags: u8,
+    length: u64,
+    data: Vec<u8>,
+    tx: oneshot::Sender<Message>,
+    reply: impl FnOnce(Result<(), String>) -> Message + Send + 'static,
+) -> watch::Receiver<bool> {
+    let (done_tx, done_rx) = watch::channel(false);
+    let set = set.clone();
+    tokio::spawn(async move {
+        let r = apply(&set, &volume, offset, op, flags, length, data).await;
+        let _ = tx.send(reply(r));
+        let _ = done_tx.send(true);
+    });
+    done_rx
+}
+
 async fn apply_loop<R, W>(
     set: &Arc<VolumeSet>,
     reader: &mut FrameReader<R>,
@@ -125,46 +169,85 @@ where
     R: tokio::io::AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    loop {
-        let msg = tokio::select! {
-            _ = session.cancelled() => return Ok(()),
-            _ = shutdown.cancelled() => return Ok(()),
-            m = reader.next(LINK_TIMEOUT) => m?,
-        };
-        if set.state().role != Role::Secondary {
-            return Err(LinkError::Refused(format!(
-                "site is now production of {}; closing the inbound link",
-                set.name()
-            )));
-        }
-        let reply = match msg {
-            Message::Update { volume, seq, offset, op, flags, length, data } => {
-                match apply(set, &volume, offset, op, flags, length, data).await {
-                    Ok(()) => Message::Ack { volume, seq },
-                    Err(message) => Message::Nack { volume, seq, errno: 5, message },
-                }
+    let (acks, mut pending) = mpsc::channel::<oneshot::Receiver<Message>>(APPLY_WINDOW);
+    let receive = async move {
+        let mut running: Vec<Running> = Vec::new();
+        loop {
+            let msg = tokio::select! {
+                _ = session.cancelled() => return Ok(()),
+                _ = shutdown.cancelled() => return Ok(()),
+                m = reader.next(LINK_TIMEOUT) => m?,
+            };
+            if set.state().role != Role::Secondary {
+                return Err(LinkError::Refused(format!(
+                    "site is now production of {}; closing the inbound link",
+                    set.name()
+                )));
             }
-            Message::Flush { token } => {
-                let mut failed = Vec::new();
-                for v in &set.volumes {
-                    if let Err(e) = v.flush().await {
-                        failed.push(format!("{}: {e}", v.name()));
+            running.retain(|r| !*r.done.borrow());
+            let (tx, rx) = oneshot::channel();
+            match msg {
+                Message::Update { volume, seq, offset, op, flags, length, data } => {
+                    let end = offset.saturating_add(length.max(1));
+                    wait_for(&mut running, |r| r.volume == volume && r.start < end && offset < r.end).await;
+                    let v = volume.clone();
+                    let done =
+                        spawn_apply(set, volume.clone(), offset, op, flags, length, data, tx, move |r| match r {
+                            Ok(()) => Message::Ack { volume: v, seq },
+                            Err(message) => Message::Nack { volume: v, seq, errno: 5, message },
+                        });
+                    running.push(Running { volume, start: offset, end, done });
+                }
+                Message::ResyncData { volume, token, offset, data } => {
+                    let len = data.len() as u64;
+                    let end = offset.saturating_add(len.max(1));
+                    wait_for(&mut running, |r| r.volume == volume && r.start < end && offset < r.end).await;
+                    let done = spawn_apply(set, volume.clone(), offset, UpdateOp::Write, 0, len, data, tx, move |r| {
+                        let (ok, message) = match r {
+                            Ok(()) => (true, String::new()),
+                            Err(m) => (false, m),
+                        };
+                        Message::ResyncAck { token, ok, message }
+                    });
+                    running.push(Running { volume, start: offset, end, done });
+                }
+                Message::Flush { token } => {
+                    // A barrier: everything before it is applied, then made durable.
+                    wait_for(&mut running, |_| true).await;
+                    let mut failed = Vec::new();
+                    for v in &set.volumes {
+                        if let Err(e) = v.flush().await {
+                            failed.push(format!("{}: {e}", v.name()));
+                        }
                     }
+                    let _ = tx.send(Message::FlushAck { token, ok: failed.is_empty(), message: failed.join("; ") });
                 }
-                Message::FlushAck { token, ok: failed.is_empty(), message: failed.join("; ") }
-            }
-            Message::ResyncData { volume, token, offset, data } => {
-                let len = data.len() as u64;
-                match apply(set, &volume, offset, UpdateOp::Write, 0, len, data).await {
-                    Ok(()) => Message::ResyncAck { token, ok: true, message: String::new() },
-                    Err(message) => Message::ResyncAck { token, ok: false, message },
+                Message::Heartbeat { nonce } => {
+                    let _ = tx.send(Message::HeartbeatAck { nonce });
                 }
+                _ => return Err(LinkError::Unexpected("frame on the data link")),
             }
-            Message::Heartbeat { nonce } => Message::HeartbeatAck { nonce },
-            _ => return Err(LinkError::Unexpected("frame on the data link")),
-        };
-        link::send(writer, &reply).await?;
-    }
+            if acks.send(rx).await.is_err() {
+                return Ok(());
+            }
+        }
+    };
+    let send = async move {
+        let mut buf = bytes::BytesMut::new();
+        while let Some(rx) = pending.recv().await {
+            let reply = rx.await.map_err(|_| LinkError::Unexpected("apply task ended without a reply"))?;
+            gateway_replication::frame::encode(&reply, &mut buf);
+            // Batch replies that are ready behind this one into one write.
+            if pending.is_empty() || buf.len() >= 64 * 1024 {
+                writer.write_all(&buf).await?;
+                writer.flush().await?;
+                buf.clear();
+            }
+        }
+        Ok::<(), LinkError>(())
+    };
+    let (r, w) = tokio::join!(receive, send);
+    r.and(w)
 }
 
 async fn apply(
