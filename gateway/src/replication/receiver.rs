@@ -85,7 +85,10 @@ async fn session(stream: TcpStream, engine: &Arc<Engine>, shutdown: Cancellation
         .await?;
     let session = CancellationToken::new();
     engine.replace_session(set.name(), session.clone());
-    set.update(|st| st.link_up = true);
+    set.update(|st| {
+        st.link_up = true;
+        st.last_error = None;
+    });
     // The recovery site's state is the production site's: ask it, so a link that merely came
     // up is not mistaken for a complete copy. Unknown counts as not in sync.
     let req = serde_json::json!({"op": "state", "volume_set": set.name()});
