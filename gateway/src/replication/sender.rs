@@ -172,21 +172,14 @@ where
     }
 }
 
-fn frame_of(item: &Item, token: u64) -> Message {
+/// Append the frame for an item; data is copied once, straight into the frame.
+fn encode_item(item: &Item, token: u64, out: &mut BytesMut) {
     match item {
-        Item::Update { volume, seq, offset, op, flags, length, data, .. } => Message::Update {
-            volume: volume.clone(),
-            seq: *seq,
-            offset: *offset,
-            op: *op,
-            flags: *flags,
-            length: *length,
-            data: data.to_vec(),
-        },
-        Item::Flush { .. } => Message::Flush { token },
-        Item::Resync { volume, offset, data, .. } => {
-            Message::ResyncData { volume: volume.clone(), token, offset: *offset, data: data.to_vec() }
+        Item::Update { volume, seq, offset, op, flags, length, data, .. } => {
+            frame::encode_update(out, volume, *seq, *offset, *op, *flags, *length, data)
         }
+        Item::Flush { .. } => frame::encode(&Message::Flush { token }, out),
+        Item::Resync { volume, offset, data, .. } => frame::encode_resync(out, volume, token, *offset, data),
     }
 }
 
@@ -233,7 +226,7 @@ where
             let mut next = Some(first);
             while let Some(item) = next.take() {
                 token += 1;
-                frame::encode(&frame_of(&item, token), &mut buf);
+                encode_item(&item, token, &mut buf);
                 // Registered before it is sent, so the ack always finds it.
                 inflight.lock().items.push_back(item);
                 if buf.len() >= 1 << 20 {
