@@ -7,6 +7,9 @@
 //! * [`receiver`]: the recovery site's data link (apply in order, ack);
 //! * [`control`]: the separate control connection (JSON requests between sites);
 //! * [`resync`]: incremental resync of the regions the change bitmap marks;
+//! * `mechanisms`: what the policy can ask for (suspend, freeze/run, resync, swap, failover,
+//!   demote) and the freeze timer;
+//! * `peer`: requests from the peer's control connection, status, configuration checks;
 //! * [`link`]: frames over sockets, with deadlines.
 //!
 //! The engine carries out **mechanisms** (suspend, resync, freeze, run, swap, failover,
@@ -17,7 +20,9 @@
 
 pub mod control;
 pub mod link;
+mod mechanisms;
 pub mod observer;
+mod peer;
 pub mod receiver;
 pub mod resync;
 pub mod sender;
@@ -40,7 +45,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, NodeConfig};
 use crate::volume::Volume;
 use observer::PeerObserver;
-use set::{Flow, Item, Persisted, Role, VolumeSet};
+use set::{Flow, Persisted, Role, VolumeSet};
+pub use mechanisms::arm_freeze_timer;
 
 /// Reports from the engine's tasks to the policy loop.
 #[derive(Clone)]
@@ -418,254 +424,6 @@ impl Engine {
         }
     }
 
-    /// Carry out one mechanism on a set.
-    pub async fn mechanism(self: &Arc<Self>, name: &str, op: &str) -> Result<(), String> {
-        let set = self.set(name).ok_or_else(|| format!("unknown volume set {name}"))?;
-        let st = set.state();
-        match op {
-            "suspend" => {
-                set.update(|s| {
-                    if s.flow == Flow::Mirroring {
-                        s.flow = Flow::Tracking;
-                    }
-                });
-                Ok(())
-            }
-            "freeze" => {
-                set.update(|s| {
-                    s.flow = Flow::Frozen;
-                    s.frozen_since = Some(Instant::now());
-                });
-                self.events.send(name, "frozen", "freeze command");
-                arm_freeze_timer(&set, &self.events);
-                Ok(())
-            }
-            "run" => {
-                let was = set.update(|s| {
-                    let was = s.flow == Flow::Frozen;
-                    if was {
-                        s.flow = Flow::Tracking;
-                        s.frozen_since = None;
-                    }
-                    was
-                });
-                if was {
-                    self.events.send(name, "released", "run command");
-                }
-                Ok(())
-            }
-            "resync" => {
-                if st.role != Role::Primary {
-                    return Err(format!("resync of {name} must run at the production site ({})", st.production));
-                }
-                if !st.link_up {
-                    return Err(format!("resync of {name}: the data link to {} is down", set.cfg.peer_site));
-                }
-                if st.resync.is_some() {
-                    return Ok(());
-                }
-                self.fetch_peer_bitmaps(&set).await?;
-                set.update(|s| s.flow = Flow::Mirroring);
-                tokio::spawn(resync::run(set.clone(), self.events.clone()));
-                Ok(())
-            }
-            "swap" => match st.role {
-                Role::Primary => self.swap_out(&set).await,
-                Role::Secondary => {
-                    let r = control::request(
-                        set.cfg.peer_control,
-                        self.site(),
-                        name,
-                        json!({"op": "swap", "volume_set": name}),
-                    )
-                    .await?;
-                    ok_or(r)
-                }
-            },
-            "failover" => {
-                if st.role == Role::Primary {
-                    return Ok(());
-                }
-                self.promote(&set, st.generation + 1, Flow::Tracking);
-                tracing::warn!(
-                    set = name,
-                    "failover: this site is production now; changes are tracked for the old site"
-                );
-                Ok(())
-            }
-            "demote" => {
-                self.demote(&set, st.generation);
-                Ok(())
-            }
-            other => Err(format!("unknown replication mechanism `{other}`")),
-        }
-    }
-
-    /// Planned swap from this (production) site: stop host writes, drain and flush the link,
-    /// have the peer take over with the next generation, then step down.
-    async fn swap_out(self: &Arc<Self>, set: &Arc<VolumeSet>) -> Result<(), String> {
-        let st = set.state();
-        if st.flow != Flow::Mirroring || !st.link_up {
-            return Err(format!(
-                "swap of {} needs it mirroring with the link up (flow {:?}, link up {})",
-                set.name(),
-                st.flow,
-                st.link_up
-            ));
-        }
-        if st.resync.is_some() || set.dirty_bytes() > 0 {
-            return Err(format!(
-                "swap of {}: the peer's copy is not complete yet ({} bytes to resync); wait for InSync",
-                set.name(),
-                set.dirty_bytes()
-            ));
-        }
-        let reason = format!("volume set {}: swap in progress", set.name());
-        for v in &set.volumes {
-            v.block_host_writes(Some(reason.clone()));
-        }
-        let restore = |why: String| {
-            for v in &set.volumes {
-                v.block_host_writes(None);
-            }
-            Err(why)
-        };
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        set.enqueue(Item::Flush { done: tx });
-        match tokio::time::timeout(Duration::from_secs(30), rx).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => return restore(format!("swap of {}: draining to the peer failed: {e}", set.name())),
-            _ => return restore(format!("swap of {}: the peer did not confirm the drain", set.name())),
-        }
-        if set.state().flow != Flow::Mirroring {
-            return restore(format!("swap of {}: the link failed while draining", set.name()));
-        }
-        let generation = st.generation + 1;
-        let req = json!({"op": "promote", "volume_set": set.name(), "generation": generation});
-        match control::request(set.cfg.peer_control, self.site(), set.name(), req).await.and_then(ok_or) {
-            Ok(()) => {
-                self.demote(set, generation);
-                tracing::info!(set = set.name(), production = %set.cfg.peer_site, "swap done");
-                Ok(())
-            }
-            Err(e) => restore(format!("swap of {}: the peer did not take over: {e}", set.name())),
-        }
-    }
-
-    /// Merge the peer's change bitmaps (regions it may hold differently, e.g. an old
-    /// production site's last writes before a force swap) into ours before a resync.
-    async fn fetch_peer_bitmaps(&self, set: &Arc<VolumeSet>) -> Result<(), String> {
-        for (volume, bm) in &set.bitmaps {
-            let req = json!({"op": "bitmap", "volume_set": set.name(), "volume": volume});
-            let r = control::request(set.cfg.peer_control, self.site(), set.name(), req).await?;
-            if r["ok"] != true {
-                return Err(format!("peer bitmap of {volume}: {}", r["error"]));
-            }
-            let words: Vec<u64> = serde_json::from_value(r["words"].clone()).map_err(|e| e.to_string())?;
-            if words.iter().any(|w| *w != 0) {
-                tracing::info!(set = set.name(), volume, "merging the peer's change bitmap into the resync");
-                bm.merge_words(&words);
-                let bm2 = bm.clone();
-                tokio::task::spawn_blocking(move || bm2.persist())
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .map_err(|e| e.to_string())?;
-            }
-            let req = json!({"op": "bitmap-clear", "volume_set": set.name(), "volume": volume});
-            control::request(set.cfg.peer_control, self.site(), set.name(), req).await.and_then(ok_or)?;
-        }
-        Ok(())
-    }
-
-    /// Requests from the peer's control connection.
-    pub async fn control(self: &Arc<Self>, from: &str, req: Value) -> Value {
-        let name = req["volume_set"].as_str().unwrap_or_default();
-        let Some(set) = self.set(name) else {
-            return json!({"ok": false, "error": format!("unknown volume set `{name}` at site {}", self.site())});
-        };
-        if from != set.cfg.peer_site {
-            return json!({"ok": false, "error": format!("site `{from}` is not the peer of {name}")});
-        }
-        let st = set.state();
-        match req["op"].as_str().unwrap_or_default() {
-            "state" => json!({
-                "ok": true, "role": st.role, "production": st.production, "generation": st.generation,
-                "state": st.logical, "link_up": st.link_up,
-            }),
-            "promote" => {
-                let g = req["generation"].as_u64().unwrap_or(st.generation + 1);
-                if st.role == Role::Primary {
-                    return json!({"ok": false, "error": format!("site {} is already production of {name}", self.site())});
-                }
-                self.promote(&set, g.max(st.generation + 1), Flow::Mirroring);
-                json!({"ok": true})
-            }
-            "swap" => match self.swap_out(&set).await {
-                Ok(()) => json!({"ok": true}),
-                Err(e) => json!({"ok": false, "error": e}),
-            },
-            "peer-state" => {
-                let state = req["state"].as_str().unwrap_or_default();
-                self.events.send(name, "peer_state", state);
-                json!({"ok": true})
-            }
-            "bitmap" => match set.bitmaps.get(req["volume"].as_str().unwrap_or_default()) {
-                Some(bm) => json!({"ok": true, "words": bm.words()}),
-                None => json!({"ok": false, "error": "no such volume in the set"}),
-            },
-            "bitmap-clear" => match set.bitmaps.get(req["volume"].as_str().unwrap_or_default()) {
-                Some(bm) if st.role == Role::Secondary => {
-                    bm.clear_all();
-                    match bm.persist() {
-                        Ok(()) => json!({"ok": true}),
-                        Err(e) => json!({"ok": false, "error": e.to_string()}),
-                    }
-                }
-                Some(_) => json!({"ok": false, "error": "only the recovery site hands its bitmap over"}),
-                None => json!({"ok": false, "error": "no such volume in the set"}),
-            },
-            "config" => json!({
-                "ok": true,
-                "site": self.site(),
-                "peer_site": set.cfg.peer_site,
-                "volumes": set.volumes.iter().map(|v| json!({"name": v.name(), "size": v.size()})).collect::<Vec<_>>(),
-                "region_size": set.cfg.region_size,
-            }),
-            other => json!({"ok": false, "error": format!("unknown control request `{other}`")}),
-        }
-    }
-
-    /// Status of every set, for `gateway ctl status`.
-    pub fn status(&self) -> Value {
-        let sets: Vec<Value> = self
-            .sets
-            .iter()
-            .map(|s| {
-                let st = s.state();
-                json!({
-                    "name": s.name(),
-                    "state": st.logical,
-                    "role": st.role,
-                    "production": st.production,
-                    "direction": if st.role == Role::Primary { format!("{} -> {}", self.site(), s.cfg.peer_site) } else { format!("{} -> {}", s.cfg.peer_site, self.site()) },
-                    "flow": st.flow,
-                    "link_up": st.link_up,
-                    "generation": st.generation,
-                    "dirty_bytes": s.dirty_bytes(),
-                    "resync": st.resync.as_ref().map(|p| json!({
-                        "done_bytes": p.done_bytes, "total_bytes": p.total_bytes,
-                        "rate_bytes_per_sec": p.rate(), "eta_secs": p.eta_secs(),
-                    })),
-                    "resync_bytes_sent": s.resync_bytes_sent.load(std::sync::atomic::Ordering::Relaxed),
-                    "updates_mirrored": s.updates_sent.load(std::sync::atomic::Ordering::Relaxed),
-                    "last_error": st.last_error,
-                    "volumes": s.volumes.iter().map(|v| v.name().to_owned()).collect::<Vec<_>>(),
-                })
-            })
-            .collect();
-        json!({ "site": self.site(), "volume_sets": sets })
-    }
-
     /// An admin command that goes through the policy; returns an error naming the reason.
     pub async fn command(self: &Arc<Self>, command: &str, args: Value) -> Result<Value, String> {
         let name = args["volume_set"].as_str().unwrap_or_default().to_owned();
@@ -724,58 +482,6 @@ impl Engine {
         }
     }
 
-    /// Compare this site's definition of each set with the peer's.
-    pub async fn verify_config(&self) -> Value {
-        let mut problems = Vec::new();
-        for set in &self.sets {
-            let req = json!({"op": "config", "volume_set": set.name()});
-            match control::request(set.cfg.peer_control, self.site(), set.name(), req).await {
-                Err(e) => problems.push(format!("{}: peer unreachable: {e}", set.name())),
-                Ok(r) if r["ok"] != true => problems.push(format!("{}: peer says: {}", set.name(), r["error"])),
-                Ok(r) => {
-                    if r["site"] != set.cfg.peer_site.as_str() {
-                        problems.push(format!(
-                            "{}: peer calls itself {} but is configured as {}",
-                            set.name(),
-                            r["site"],
-                            set.cfg.peer_site
-                        ));
-                    }
-                    if r["peer_site"] != self.site() {
-                        problems.push(format!(
-                            "{}: peer names its peer {} instead of {}",
-                            set.name(),
-                            r["peer_site"],
-                            self.site()
-                        ));
-                    }
-                    if r["region_size"] != set.cfg.region_size {
-                        problems.push(format!(
-                            "{}: region size differs ({} here, {} at the peer)",
-                            set.name(),
-                            set.cfg.region_size,
-                            r["region_size"]
-                        ));
-                    }
-                    let theirs: Vec<(String, u64)> = r["volumes"]
-                        .as_array()
-                        .map(|a| {
-                            a.iter()
-                                .map(|v| (v["name"].as_str().unwrap_or("").to_owned(), v["size"].as_u64().unwrap_or(0)))
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    let ours: Vec<(String, u64)> =
-                        set.volumes.iter().map(|v| (v.name().to_owned(), v.size())).collect();
-                    if theirs != ours {
-                        problems.push(format!("{}: volumes differ (here {ours:?}, peer {theirs:?})", set.name()));
-                    }
-                }
-            }
-        }
-        json!({"ok": problems.is_empty(), "problems": problems})
-    }
-
     /// Orderly stop: record that every set stopped cleanly (volumes are flushed by then).
     pub fn stopped_cleanly(&self) {
         for s in &self.sets {
@@ -786,35 +492,5 @@ impl Engine {
                 tracing::error!(set = s.name(), "cannot record clean shutdown: {e}");
             }
         }
-    }
-}
-
-/// Release a freeze that nobody released within the set's freeze timeout: host I/O resumes
-/// and changes are tracked (PPRC: freeze, then run after the timeout).
-pub fn arm_freeze_timer(set: &Arc<VolumeSet>, events: &Events) {
-    let (set, events) = (set.clone(), events.clone());
-    let timeout = set.cfg.freeze_timeout;
-    tokio::spawn(async move {
-        tokio::time::sleep(timeout).await;
-        let released = set.update(|s| {
-            let expired = s.flow == Flow::Frozen && s.frozen_since.is_some_and(|t| t.elapsed() >= timeout);
-            if expired {
-                s.flow = Flow::Tracking;
-                s.frozen_since = None;
-            }
-            expired
-        });
-        if released {
-            tracing::warn!(set = set.name(), "freeze timed out after {timeout:?}: host I/O released, changes tracked");
-            events.send(set.name(), "released", "freeze timeout");
-        }
-    });
-}
-
-fn ok_or(r: Value) -> Result<(), String> {
-    if r["ok"] == true {
-        Ok(())
-    } else {
-        Err(r["error"].as_str().unwrap_or("peer refused").to_owned())
     }
 }
