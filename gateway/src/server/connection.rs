@@ -159,14 +159,11 @@ where
         let Ok(permit) = budget.clone().acquire_many_owned(units(cost)).await else {
             break Ok(());
         };
-        let mut payload = BytesMut::new();
-        if req.payload_len() > 0 {
-            // Read even a refused write's payload: it is on the wire and must be consumed.
-            payload.resize(req.payload_len(), 0);
-            if let Err(e) = reader.read_exact(&mut payload).await {
-                break Err(e.into());
-            }
-        }
+        // Read even a refused write's payload: it is on the wire and must be consumed.
+        let payload = match read_payload(&mut reader, req.payload_len()).await {
+            Ok(p) => p,
+            Err(e) => break Err(e.into()),
+        };
         if let Err(refusal) = verdict {
             tracing::debug!(cookie = req.cookie, "refused {:?}: {}", req.command, refusal.message);
             if tx.send((error_reply(&req, sel.structured, &refusal), permit)).await.is_err() {
@@ -189,6 +186,19 @@ where
     drop(tx);
     let written = writer_task.await.map_err(|e| ConnError::Refused(format!("writer task failed: {e}")))?;
     result.and(written)
+}
+
+/// Read exactly `len` payload bytes into fresh spare capacity (`read_buf` fills it without
+/// zeroing first, which matters for 32 MiB writes).
+async fn read_payload<R: AsyncRead + Unpin>(reader: &mut R, len: usize) -> std::io::Result<BytesMut> {
+    let mut payload = BytesMut::with_capacity(len);
+    while payload.len() < len {
+        let want = (len - payload.len()) as u64;
+        if reader.take(want).read_buf(&mut payload).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    Ok(payload)
 }
 
 fn spawn_request(
