@@ -9,7 +9,7 @@
 //! unaligned edges are either written (zero), skipped (trim), or refused (fast zero).
 
 use std::fs::{File, OpenOptions};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use nix::errno::Errno;
 use nix::fcntl::{fallocate, posix_fadvise, FallocateFlags, PosixFadviseAdvice};
 
+use crate::positional::Positional;
 use crate::{check_range, Backend, BackendError, Capabilities, Extent, Result, ZeroFlags};
 
 /// Largest zero buffer written for the unaligned edges of a zero request.
@@ -34,14 +35,9 @@ mod ioctl {
 
 /// A block device used as the export's storage.
 pub struct BlockBackend {
-    path: PathBuf,
-    file: File,
-    /// The same device opened with `O_DSYNC`, for FUA writes; `None` when read-only.
-    sync_file: Option<File>,
-    size: u64,
+    io: Positional,
     /// Logical block size: the alignment the kernel demands for discard and zero-out.
     block: u64,
-    read_only: bool,
     discard_probed: bool,
     write_zeroes_probed: bool,
     /// Cleared when the device answers EOPNOTSUPP at run time, so we stop asking.
@@ -95,36 +91,13 @@ impl BlockBackend {
             write_zeroes = write_zeroes_probed, "opened block backend"
         );
         Ok(BlockBackend {
-            path: path.to_owned(),
-            file,
-            sync_file,
-            size,
+            io: Positional { path: path.to_owned(), file, sync_file, size, read_only },
             block,
-            read_only,
             discard_probed,
             write_zeroes_probed,
             discard_ok: AtomicBool::new(discard_probed),
             write_zeroes_ok: AtomicBool::new(write_zeroes_probed),
         })
-    }
-
-    fn fd(&self) -> RawFd {
-        self.file.as_raw_fd()
-    }
-
-    fn ctx(&self, op: impl std::fmt::Display) -> String {
-        format!("{}: {op}", self.path.display())
-    }
-
-    fn writable(&self, op: &str) -> Result<()> {
-        if self.read_only {
-            return Err(BackendError::read_only(self.ctx(format_args!("{op} on a read-only export"))));
-        }
-        Ok(())
-    }
-
-    fn fdatasync(&self) -> Result<()> {
-        self.file.sync_data().map_err(|e| BackendError::io(self.ctx("fdatasync"), e))
     }
 
     /// The logical blocks wholly inside `offset..end`, as `(start, end)`, if any.
@@ -142,9 +115,10 @@ impl BlockBackend {
         let mut pos = offset;
         while pos < end {
             let n = zeroes.len().min((end - pos) as usize);
-            self.file
+            self.io
+                .file
                 .write_all_at(&zeroes[..n], pos)
-                .map_err(|e| BackendError::io(self.ctx(format_args!("write zeroes at {pos}+{n}")), e))?;
+                .map_err(|e| BackendError::io(self.io.ctx(format_args!("write zeroes at {pos}+{n}")), e))?;
             pos += n as u64;
         }
         Ok(())
@@ -157,18 +131,18 @@ impl BlockBackend {
         let (off, len) = (offset as libc::off64_t, length as libc::off64_t);
         loop {
             // SAFETY: sync_file_range takes only integers; `fd` stays open (owned by
-            // `self.file`) for the duration of the call.
-            let r = unsafe { libc::sync_file_range(self.fd(), off, len, flags) };
+            // `self.io.file`) for the duration of the call.
+            let r = unsafe { libc::sync_file_range(self.io.fd(), off, len, flags) };
             match Errno::result(r) {
                 Ok(_) => return Ok(()),
                 Err(Errno::EINTR) => continue,
-                Err(e) => return Err(BackendError::errno(self.ctx("sync_file_range"), e)),
+                Err(e) => return Err(BackendError::errno(self.io.ctx("sync_file_range"), e)),
             }
         }
     }
 
     fn fast_zero(&self, offset: u64, length: u64) -> Result<()> {
-        let refuse = |why: &str| Err(BackendError::not_supported(self.ctx(format_args!("fast zero: {why}"))));
+        let refuse = |why: &str| Err(BackendError::not_supported(self.io.ctx(format_args!("fast zero: {why}"))));
         if !self.write_zeroes_ok.load(Ordering::Relaxed) {
             return refuse("device has no write-zeroes command");
         }
@@ -181,14 +155,14 @@ impl BlockBackend {
         self.writeback(offset, length)?;
         let mode = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
         loop {
-            match fallocate(self.fd(), mode, offset as libc::off_t, length as libc::off_t) {
+            match fallocate(self.io.fd(), mode, offset as libc::off_t, length as libc::off_t) {
                 Ok(()) => return Ok(()),
                 Err(Errno::EINTR) => continue,
                 Err(Errno::EOPNOTSUPP) => {
                     self.write_zeroes_ok.store(false, Ordering::Relaxed);
                     return refuse("device refused write-zeroes");
                 }
-                Err(e) => return Err(BackendError::errno(self.ctx(format_args!("fast zero {offset}+{length}")), e)),
+                Err(e) => return Err(BackendError::errno(self.io.ctx(format_args!("fast zero {offset}+{length}")), e)),
             }
         }
     }
@@ -233,11 +207,11 @@ impl Backend for BlockBackend {
     }
 
     fn size(&self) -> u64 {
-        self.size
+        self.io.size
     }
 
     fn capabilities(&self) -> Capabilities {
-        let rw = !self.read_only;
+        let rw = !self.io.read_only;
         Capabilities {
             can_trim: self.discard_probed,
             can_zero: rw,
@@ -251,35 +225,25 @@ impl Backend for BlockBackend {
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        check_range(&self.ctx("read"), self.size, offset, buf.len() as u64)?;
+        check_range(&self.io.ctx("read"), self.io.size, offset, buf.len() as u64)?;
         let len = buf.len();
-        self.file
+        self.io
+            .file
             .read_exact_at(buf, offset)
-            .map_err(|e| BackendError::io(self.ctx(format_args!("read at {offset}+{len}")), e))
+            .map_err(|e| BackendError::io(self.io.ctx(format_args!("read at {offset}+{len}")), e))
     }
 
     fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> Result<()> {
-        self.writable("write")?;
-        check_range(&self.ctx("write"), self.size, offset, buf.len() as u64)?;
-        let target = match (&self.sync_file, fua) {
-            (Some(sync_file), true) => sync_file,
-            _ => &self.file,
-        };
-        target
-            .write_all_at(buf, offset)
-            .map_err(|e| BackendError::io(self.ctx(format_args!("write at {offset}+{}", buf.len())), e))
+        self.io.write_at(buf, offset, fua)
     }
 
     fn flush(&self) -> Result<()> {
-        if self.read_only {
-            return Ok(());
-        }
-        self.fdatasync()
+        self.io.flush()
     }
 
     fn trim(&self, offset: u64, length: u64, fua: bool) -> Result<()> {
-        self.writable("trim")?;
-        let end = check_range(&self.ctx("trim"), self.size, offset, length)?;
+        self.io.writable("trim")?;
+        let end = check_range(&self.io.ctx("trim"), self.io.size, offset, length)?;
         // Trim is advisory: partial blocks at the edges are simply kept.
         let Some((start, stop)) = self.aligned_within(offset, end) else {
             return Ok(());
@@ -290,23 +254,23 @@ impl Backend for BlockBackend {
         let range = [start, stop - start];
         // SAFETY: BLKDISCARD reads two u64s through the pointer, which points at a live
         // local array; `fd` stays open for the duration of the call.
-        match unsafe { ioctl::blkdiscard(self.fd(), &range) } {
+        match unsafe { ioctl::blkdiscard(self.io.fd(), &range) } {
             Ok(_) => {}
             Err(Errno::EOPNOTSUPP) => {
                 self.discard_ok.store(false, Ordering::Relaxed);
                 return Ok(());
             }
-            Err(e) => return Err(BackendError::errno(self.ctx(format_args!("BLKDISCARD {offset}+{length}")), e)),
+            Err(e) => return Err(BackendError::errno(self.io.ctx(format_args!("BLKDISCARD {offset}+{length}")), e)),
         }
         if fua {
-            self.fdatasync()?;
+            self.io.fdatasync()?;
         }
         Ok(())
     }
 
     fn zero(&self, offset: u64, length: u64, flags: ZeroFlags) -> Result<()> {
-        self.writable("zero")?;
-        let end = check_range(&self.ctx("zero"), self.size, offset, length)?;
+        self.io.writable("zero")?;
+        let end = check_range(&self.io.ctx("zero"), self.io.size, offset, length)?;
         if length == 0 {
             return Ok(());
         }
@@ -316,35 +280,40 @@ impl Backend for BlockBackend {
             let range = [start, stop - start];
             // SAFETY: BLKZEROOUT reads two u64s through the pointer, which points at a live
             // local array; `fd` stays open for the duration of the call.
-            unsafe { ioctl::blkzeroout(self.fd(), &range) }
-                .map_err(|e| BackendError::errno(self.ctx(format_args!("BLKZEROOUT {start}+{}", range[1])), e))?;
+            unsafe { ioctl::blkzeroout(self.io.fd(), &range) }
+                .map_err(|e| BackendError::errno(self.io.ctx(format_args!("BLKZEROOUT {start}+{}", range[1])), e))?;
             self.write_zeroes(offset, start)?;
             self.write_zeroes(stop, end)?;
         } else {
             self.write_zeroes(offset, end)?;
         }
         if flags.fua {
-            self.fdatasync()?;
+            self.io.fdatasync()?;
         }
         Ok(())
     }
 
     fn extents(&self, offset: u64, length: u64) -> Result<Vec<Extent>> {
-        check_range(&self.ctx("extents"), self.size, offset, length)?;
+        check_range(&self.io.ctx("extents"), self.io.size, offset, length)?;
         if length == 0 {
-            return Err(BackendError::invalid(self.ctx("extents of an empty range")));
+            return Err(BackendError::invalid(self.io.ctx("extents of an empty range")));
         }
         Ok(vec![Extent { length, hole: false, zero: false }])
     }
 
     fn cache(&self, offset: u64, length: u64) -> Result<()> {
-        check_range(&self.ctx("cache"), self.size, offset, length)?;
+        check_range(&self.io.ctx("cache"), self.io.size, offset, length)?;
         // A zero length would mean "to the end of the device" to posix_fadvise.
         if length == 0 {
             return Ok(());
         }
-        posix_fadvise(self.fd(), offset as libc::off_t, length as libc::off_t, PosixFadviseAdvice::POSIX_FADV_WILLNEED)
-            .map_err(|e| BackendError::errno(self.ctx(format_args!("fadvise {offset}+{length}")), e))
+        posix_fadvise(
+            self.io.fd(),
+            offset as libc::off_t,
+            length as libc::off_t,
+            PosixFadviseAdvice::POSIX_FADV_WILLNEED,
+        )
+        .map_err(|e| BackendError::errno(self.io.ctx(format_args!("fadvise {offset}+{length}")), e))
     }
 }
 

@@ -17,6 +17,7 @@ use nix::errno::Errno;
 use nix::fcntl::{fallocate, posix_fadvise, FallocateFlags, PosixFadviseAdvice};
 use nix::unistd::{lseek, Whence};
 
+use crate::positional::Positional;
 use crate::{check_range, push_extent, Backend, BackendError, Capabilities, Extent, Result, ZeroFlags};
 
 /// Bound on the extents returned by one call (the caller asks again from where we stopped).
@@ -28,12 +29,7 @@ const PUNCH: FallocateFlags = FallocateFlags::FALLOC_FL_PUNCH_HOLE.union(Falloca
 
 /// A regular file used as the export's storage.
 pub struct FileBackend {
-    path: PathBuf,
-    file: File,
-    /// The same inode opened with `O_DSYNC`, for FUA writes; `None` when read-only.
-    sync_file: Option<File>,
-    size: u64,
-    read_only: bool,
+    io: Positional,
     /// What the open-time probe found; fixed, because capabilities are advertised once.
     punch_probed: bool,
     /// Cleared when the filesystem answers EOPNOTSUPP at run time, so we stop asking.
@@ -101,34 +97,11 @@ impl FileBackend {
         let punch_probed = !read_only && probe_punch(file.as_raw_fd(), size);
         tracing::debug!(path = %shown, size, read_only, punch = punch_probed, "opened file backend");
         Ok(FileBackend {
-            path: path.to_owned(),
-            file,
-            sync_file,
-            size,
-            read_only,
+            io: Positional { path: path.to_owned(), file, sync_file, size, read_only },
             punch_probed,
             punch_ok: AtomicBool::new(punch_probed),
             zero_range_ok: AtomicBool::new(!read_only),
         })
-    }
-
-    fn fd(&self) -> RawFd {
-        self.file.as_raw_fd()
-    }
-
-    fn ctx(&self, op: impl std::fmt::Display) -> String {
-        format!("{}: {op}", self.path.display())
-    }
-
-    fn writable(&self, op: &str) -> Result<()> {
-        if self.read_only {
-            return Err(BackendError::read_only(self.ctx(format_args!("{op} on a read-only export"))));
-        }
-        Ok(())
-    }
-
-    fn fdatasync(&self) -> Result<()> {
-        self.file.sync_data().map_err(|e| BackendError::io(self.ctx("fdatasync"), e))
     }
 
     fn fallocate(&self, mode: FallocateFlags, offset: u64, length: u64) -> std::result::Result<(), Errno> {
@@ -136,7 +109,7 @@ impl FileBackend {
         let off = libc::off_t::try_from(offset).map_err(|_| Errno::EFBIG)?;
         let len = libc::off_t::try_from(length).map_err(|_| Errno::EFBIG)?;
         loop {
-            match fallocate(self.fd(), mode, off, len) {
+            match fallocate(self.io.fd(), mode, off, len) {
                 Err(Errno::EINTR) => continue,
                 r => return r,
             }
@@ -154,7 +127,7 @@ impl FileBackend {
                 self.punch_ok.store(false, Ordering::Relaxed);
                 Ok(false)
             }
-            Err(e) => Err(BackendError::errno(self.ctx(format_args!("punch hole {offset}+{length}")), e)),
+            Err(e) => Err(BackendError::errno(self.io.ctx(format_args!("punch hole {offset}+{length}")), e)),
         }
     }
 
@@ -166,7 +139,9 @@ impl FileBackend {
             match self.fallocate(FallocateFlags::FALLOC_FL_ZERO_RANGE, offset, length) {
                 Ok(()) => return Ok(true),
                 Err(e) if unsupported(e) => self.zero_range_ok.store(false, Ordering::Relaxed),
-                Err(e) => return Err(BackendError::errno(self.ctx(format_args!("zero range {offset}+{length}")), e)),
+                Err(e) => {
+                    return Err(BackendError::errno(self.io.ctx(format_args!("zero range {offset}+{length}")), e))
+                }
             }
         }
         if !self.punch(offset, length)? {
@@ -177,7 +152,7 @@ impl FileBackend {
         match self.fallocate(FallocateFlags::empty(), offset, length) {
             Ok(()) => Ok(true),
             Err(e) if unsupported(e) => Ok(true),
-            Err(e) => Err(BackendError::errno(self.ctx(format_args!("reallocate {offset}+{length}")), e)),
+            Err(e) => Err(BackendError::errno(self.io.ctx(format_args!("reallocate {offset}+{length}")), e)),
         }
     }
 
@@ -186,9 +161,10 @@ impl FileBackend {
         let mut pos = offset;
         while pos < end {
             let n = zeroes.len().min((end - pos) as usize);
-            self.file
+            self.io
+                .file
                 .write_all_at(&zeroes[..n], pos)
-                .map_err(|e| BackendError::io(self.ctx(format_args!("write zeroes at {pos}+{n}")), e))?;
+                .map_err(|e| BackendError::io(self.io.ctx(format_args!("write zeroes at {pos}+{n}")), e))?;
             pos += n as u64;
         }
         Ok(())
@@ -274,11 +250,11 @@ impl Backend for FileBackend {
     }
 
     fn size(&self) -> u64 {
-        self.size
+        self.io.size
     }
 
     fn capabilities(&self) -> Capabilities {
-        let rw = !self.read_only;
+        let rw = !self.io.read_only;
         Capabilities {
             can_trim: self.punch_probed,
             can_zero: rw,
@@ -293,11 +269,11 @@ impl Backend for FileBackend {
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        check_range(&self.ctx("read"), self.size, offset, buf.len() as u64)?;
+        check_range(&self.io.ctx("read"), self.io.size, offset, buf.len() as u64)?;
         let mut done = 0;
         while done < buf.len() {
             let pos = offset + done as u64;
-            match self.file.read_at(&mut buf[done..], pos) {
+            match self.io.file.read_at(&mut buf[done..], pos) {
                 // The file was cut short behind our back: past its end is a hole.
                 Ok(0) => {
                     buf[done..].fill(0);
@@ -307,7 +283,7 @@ impl Backend for FileBackend {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     let len = buf.len();
-                    return Err(BackendError::io(self.ctx(format_args!("read at {offset}+{len}")), e));
+                    return Err(BackendError::io(self.io.ctx(format_args!("read at {offset}+{len}")), e));
                 }
             }
         }
@@ -315,39 +291,28 @@ impl Backend for FileBackend {
     }
 
     fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> Result<()> {
-        self.writable("write")?;
-        check_range(&self.ctx("write"), self.size, offset, buf.len() as u64)?;
-        let target = match (&self.sync_file, fua) {
-            (Some(sync_file), true) => sync_file,
-            _ => &self.file,
-        };
-        target
-            .write_all_at(buf, offset)
-            .map_err(|e| BackendError::io(self.ctx(format_args!("write at {offset}+{}", buf.len())), e))
+        self.io.write_at(buf, offset, fua)
     }
 
     fn flush(&self) -> Result<()> {
-        if self.read_only {
-            return Ok(());
-        }
-        self.fdatasync()
+        self.io.flush()
     }
 
     fn trim(&self, offset: u64, length: u64, fua: bool) -> Result<()> {
-        self.writable("trim")?;
-        check_range(&self.ctx("trim"), self.size, offset, length)?;
+        self.io.writable("trim")?;
+        check_range(&self.io.ctx("trim"), self.io.size, offset, length)?;
         if length == 0 || !self.punch(offset, length)? {
             return Ok(());
         }
         if fua {
-            self.fdatasync()?;
+            self.io.fdatasync()?;
         }
         Ok(())
     }
 
     fn zero(&self, offset: u64, length: u64, flags: ZeroFlags) -> Result<()> {
-        self.writable("zero")?;
-        let end = check_range(&self.ctx("zero"), self.size, offset, length)?;
+        self.io.writable("zero")?;
+        let end = check_range(&self.io.ctx("zero"), self.io.size, offset, length)?;
         if length == 0 {
             return Ok(());
         }
@@ -355,28 +320,28 @@ impl Backend for FileBackend {
         let done = (flags.may_trim && self.punch(offset, length)?) || self.zero_allocated(offset, length)?;
         if !done {
             if flags.fast_only {
-                return Err(BackendError::not_supported(self.ctx("fast zero")));
+                return Err(BackendError::not_supported(self.io.ctx("fast zero")));
             }
             self.write_zeroes(offset, end)?;
         }
         if flags.fua {
-            self.fdatasync()?;
+            self.io.fdatasync()?;
         }
         Ok(())
     }
 
     fn extents(&self, offset: u64, length: u64) -> Result<Vec<Extent>> {
-        let end = check_range(&self.ctx("extents"), self.size, offset, length)?;
+        let end = check_range(&self.io.ctx("extents"), self.io.size, offset, length)?;
         if length == 0 {
-            return Err(BackendError::invalid(self.ctx("extents of an empty range")));
+            return Err(BackendError::invalid(self.io.ctx("extents of an empty range")));
         }
-        let file_len = self.file.metadata().map_err(|e| BackendError::io(self.ctx("fstat"), e))?.len();
+        let file_len = self.io.file.metadata().map_err(|e| BackendError::io(self.io.ctx("fstat"), e))?.len();
         let seek = |pos: u64, whence: Whence| -> Result<Option<u64>> {
-            let off = libc::off_t::try_from(pos).map_err(|_| BackendError::invalid(self.ctx("seek")))?;
-            match lseek(self.fd(), off, whence) {
+            let off = libc::off_t::try_from(pos).map_err(|_| BackendError::invalid(self.io.ctx("seek")))?;
+            match lseek(self.io.fd(), off, whence) {
                 Ok(found) => Ok(Some(u64::try_from(found).unwrap_or(pos))),
                 Err(Errno::ENXIO) => Ok(None),
-                Err(e) => Err(BackendError::errno(self.ctx(format_args!("lseek {whence:?} at {pos}")), e)),
+                Err(e) => Err(BackendError::errno(self.io.ctx(format_args!("lseek {whence:?} at {pos}")), e)),
             }
         };
         let mut out: Vec<Extent> = Vec::new();
@@ -405,15 +370,15 @@ impl Backend for FileBackend {
     }
 
     fn cache(&self, offset: u64, length: u64) -> Result<()> {
-        check_range(&self.ctx("cache"), self.size, offset, length)?;
+        check_range(&self.io.ctx("cache"), self.io.size, offset, length)?;
         // A zero length would mean "to the end of the file" to posix_fadvise.
         if length == 0 {
             return Ok(());
         }
-        let off = libc::off_t::try_from(offset).map_err(|_| BackendError::invalid(self.ctx("cache")))?;
-        let len = libc::off_t::try_from(length).map_err(|_| BackendError::invalid(self.ctx("cache")))?;
-        posix_fadvise(self.fd(), off, len, PosixFadviseAdvice::POSIX_FADV_WILLNEED)
-            .map_err(|e| BackendError::errno(self.ctx(format_args!("fadvise {offset}+{length}")), e))
+        let off = libc::off_t::try_from(offset).map_err(|_| BackendError::invalid(self.io.ctx("cache")))?;
+        let len = libc::off_t::try_from(length).map_err(|_| BackendError::invalid(self.io.ctx("cache")))?;
+        posix_fadvise(self.io.fd(), off, len, PosixFadviseAdvice::POSIX_FADV_WILLNEED)
+            .map_err(|e| BackendError::errno(self.io.ctx(format_args!("fadvise {offset}+{length}")), e))
     }
 }
 

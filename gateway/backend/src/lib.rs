@@ -19,6 +19,7 @@ pub mod block;
 pub mod error;
 pub mod file;
 pub mod memory;
+mod positional;
 #[cfg(test)]
 mod testutil;
 
