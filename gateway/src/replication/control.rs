@@ -16,25 +16,15 @@ use super::link::{self, FrameReader, LinkError, CONNECT_TIMEOUT, LINK_TIMEOUT};
 use super::Engine;
 
 pub async fn serve(listener: TcpListener, engine: Arc<Engine>, shutdown: CancellationToken) {
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!("control accept failed: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
+    link::accept_loop(listener, shutdown, "control", |stream, peer| {
         let engine = engine.clone();
-        tokio::spawn(async move {
+        async move {
             if let Err(e) = session(stream, &engine).await {
                 tracing::warn!(%peer, "control connection closed: {e}");
             }
-        });
-    }
+        }
+    })
+    .await
 }
 
 async fn session(stream: TcpStream, engine: &Arc<Engine>) -> Result<(), LinkError> {

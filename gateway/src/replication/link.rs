@@ -68,3 +68,30 @@ pub async fn send<W: AsyncWrite + Unpin>(w: &mut W, msg: &Message) -> Result<(),
 pub const LINK_TIMEOUT: Duration = Duration::from_secs(5);
 pub const HEARTBEAT: Duration = Duration::from_millis(1500);
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Accept connections until `shutdown`, handing each to `handle` on its own task; a failed
+/// accept (e.g. out of descriptors) backs off instead of spinning.
+pub async fn accept_loop<F, Fut>(
+    listener: tokio::net::TcpListener,
+    shutdown: tokio_util::sync::CancellationToken,
+    what: &'static str,
+    handle: F,
+) where
+    F: Fn(tokio::net::TcpStream, std::net::SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!("{what} accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        tokio::spawn(handle(stream, peer));
+    }
+}

@@ -44,9 +44,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, NodeConfig};
 use crate::volume::Volume;
+pub use mechanisms::arm_freeze_timer;
 use observer::PeerObserver;
 use set::{Flow, Persisted, Role, VolumeSet};
-pub use mechanisms::arm_freeze_timer;
 
 /// Reports from the engine's tasks to the policy loop.
 #[derive(Clone)]

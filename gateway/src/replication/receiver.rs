@@ -19,27 +19,16 @@ use super::set::{Role, VolumeSet};
 use super::Engine;
 
 pub async fn serve(listener: TcpListener, engine: Arc<Engine>, shutdown: CancellationToken) {
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!("replication accept failed: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
+    link::accept_loop(listener, shutdown.clone(), "replication", |stream, peer| {
         let _ = stream.set_nodelay(true);
-        let engine = engine.clone();
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
+        let (engine, shutdown) = (engine.clone(), shutdown.clone());
+        async move {
             if let Err(e) = session(stream, &engine, shutdown).await {
                 tracing::warn!(%peer, "replication data connection closed: {e}");
             }
-        });
-    }
+        }
+    })
+    .await
 }
 
 /// Answer a first frame that is not a usable Hello with a refusal that says why.
