@@ -34,7 +34,8 @@
 //! * `_break` (test-only, undocumented for operators): deliberately broken variants used by
 //!   the simulator's own tests to prove it catches them: `"threshold_ge"` (goes online when the
 //!   votes are >= the threshold instead of >) and `"vote_without_key"` (a controller whose key
-//!   is missing or torn starts from a blank key and elects yes). Never set this in production.
+//!   is missing or torn elects yes, and starts elections, instead of never electing yes).
+//!   Never set this in production.
 
 use serde_json::{Map, Value};
 

@@ -14,13 +14,16 @@
 //!   current);
 //! * `claims`: servers that may be serving as the sole primary, each with the position it was
 //!   elected at and the election: yes votes this controller cast (standing until the election
-//!   ends) and elections it knows passed (decided). A claim on X at p ends when X reports a
-//!   final position above p (X went online at p, which appends an epoch record, and has since
-//!   stopped), or, for a standing vote, when its election is known never to pass;
+//!   ends) and the passed election of each server at the highest position (decided). A claim
+//!   on X at p ends when X reports a final position above p (X went online at p, which
+//!   appends an epoch record, and has since stopped), or, for a standing vote, when its
+//!   election is known never to pass;
 //! * `holds`: servers an operator's shutdown command took out of service and no return command
 //!   has released yet (each with the Lamport generation of the command that set it);
 //! * `refused`: per proposer, the highest election number this controller promised never to
-//!   vote yes in (its answer to a poll about an election it never saw);
+//!   vote yes in (its answer to a poll about an election it never saw); `voted`: per
+//!   proposer, the highest election number it voted yes in (it never promises to refuse one
+//!   at or below it);
 //! * `next_election`, `open`, `resolved`: the elections this controller started.
 //!
 //! The host stores it fsync'd and checksummed; a missing, torn or corrupt key reaches the
@@ -89,6 +92,9 @@ pub struct ServerRec {
     pub operational: bool,
     pub position: u64,
     pub copies_pending: u64,
+    /// The highest position the server ever reported (it must not come back below it).
+    #[serde(default)]
+    pub high: u64,
     /// The record is the server's final report at a graceful shutdown.
     #[serde(default)]
     pub final_report: bool,
@@ -159,6 +165,10 @@ pub struct Key {
     pub claims: Vec<Claim>,
     pub holds: BTreeMap<String, Hold>,
     pub refused: BTreeMap<String, u64>,
+    /// Per proposer, the highest election number this controller voted yes in: it never
+    /// claims to have refused one at or below it (the vote may be pruned from `claims`).
+    #[serde(default)]
+    pub voted: BTreeMap<String, u64>,
     pub next_election: u64,
     pub open: Option<(Eid, Value)>,
     pub resolved: Vec<Resolved>,
@@ -166,7 +176,7 @@ pub struct Key {
 }
 
 /// How many of its own resolved elections a controller remembers (to answer polls).
-pub const RESOLVED_KEPT: usize = 32;
+pub const RESOLVED_KEPT: usize = 8;
 
 impl Key {
     /// A blank key: nothing known, nothing promised (`bootstrap`).
@@ -185,6 +195,7 @@ impl Key {
             claims: Vec::new(),
             holds: BTreeMap::new(),
             refused: BTreeMap::new(),
+            voted: BTreeMap::new(),
             next_election: 1,
             open: None,
             resolved: Vec::new(),
@@ -223,7 +234,7 @@ impl Key {
     pub fn note_final(&mut self, server: &str, position: u64) -> bool {
         let prev = self.finals.get(server).copied();
         let mut changed = false;
-        if prev.map_or(true, |p| position > p) {
+        if prev.is_none_or(|p| position > p) {
             self.finals.insert(server.to_owned(), position);
             changed = true;
         }
@@ -239,19 +250,30 @@ impl Key {
     pub fn clear_claims(&mut self) -> bool {
         let before = self.claims.len();
         let finals = &self.finals;
-        self.claims.retain(|c| finals.get(&c.server).map_or(true, |f| *f <= c.position));
+        self.claims.retain(|c| finals.get(&c.server).is_none_or(|f| *f <= c.position));
         self.claims.len() != before
     }
 
+    /// Add a claim. Of the passed elections of one server only the one at the highest
+    /// position is kept: it blocks every other server as well as the lower ones do, and only a
+    /// final report above it (which is above the lower ones too) ends it.
     pub fn add_claim(&mut self, claim: Claim) -> bool {
         if self.finals.get(&claim.server).is_some_and(|f| *f > claim.position) {
             return false;
         }
-        if let Some(c) = self.claims.iter_mut().find(|c| c.election == claim.election && c.server == claim.server) {
-            if claim.decided && !c.decided {
-                c.decided = true;
-                return true;
+        let top = self.claims.iter().filter(|c| c.decided && c.server == claim.server).map(|c| c.position).max();
+        if claim.decided {
+            if top.is_some_and(|t| t >= claim.position) {
+                // Already covered; a standing vote of this very election is now decided.
+                let before = self.claims.len();
+                self.claims.retain(|c| c.decided || c.election != claim.election);
+                return self.claims.len() != before;
             }
+            self.claims.retain(|c| !(c.server == claim.server && (c.decided || c.election == claim.election)));
+            self.claims.push(claim);
+            return true;
+        }
+        if self.claims.iter().any(|c| c.election == claim.election && c.server == claim.server) {
             return false;
         }
         self.claims.push(claim);
@@ -277,6 +299,15 @@ impl Key {
                 true
             }
         }
+    }
+
+    pub fn note_vote(&mut self, e: &Eid) {
+        let n = self.voted.entry(e.by.clone()).or_insert(0);
+        *n = (*n).max(e.n);
+    }
+
+    pub fn may_have_voted(&self, e: &Eid) -> bool {
+        self.voted.get(&e.by).is_some_and(|n| e.n <= *n)
     }
 
     pub fn refuses(&self, e: &Eid) -> bool {

@@ -11,6 +11,9 @@ use crate::msg::{Envelope, Msg, QueryState, MSG_VERSION};
 
 pub const MODES: [&str; 4] = ["normal", "expedite", "immediate", "force"];
 
+/// An unchanged key exchange is sent again every this many exchange periods.
+const EXCHANGE_REPEAT: u32 = 4;
+
 /// What this controller currently sees of one server (volatile).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ServerView {
@@ -22,22 +25,27 @@ pub struct ServerView {
     pub copies_pending: u64,
 }
 
-/// This controller's own election in progress.
+/// This controller's own election in progress, with the elections reported to it.
 #[derive(Debug, Clone)]
 struct Open {
     eid: Eid,
     value: Value,
     started: u64,
+    votes: BTreeMap<String, Result<(), String>>,
 }
 
-/// The latest election this controller heard of, for status.
+impl Open {
+    fn yes(&self) -> usize {
+        self.votes.values().filter(|v| v.is_ok()).count()
+    }
+}
+
+/// The latest election this controller took part in or heard of, for status.
 #[derive(Debug, Clone, Default)]
 struct Tally {
     eid: Option<Eid>,
     value: Option<Value>,
     votes: BTreeMap<String, Result<(), String>>,
-    /// "3 of 8 controllers elected A; threshold 4" once it ended.
-    result: Option<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -62,15 +70,17 @@ pub struct Machine {
     peers: BTreeSet<String>,
     open: Option<Open>,
     tally: Tally,
+    /// How the last election that ended here ended: "3 of 8 controllers elected A; threshold 4".
+    last_result: Option<String>,
     stuck: BTreeMap<Eid, Stuck>,
     known_aborted: Vec<Eid>,
-    /// The passed election this controller believes is in force (its primary operational).
-    online: Option<(Eid, Value)>,
-    /// Passed elections whose primary has since gone down (not to be believed again).
-    lapsed: Vec<Eid>,
     next_propose: u64,
     last_exchange: Option<u64>,
-    last_status: Option<serde_json::Value>,
+    last_exchange_sig: String,
+    quiet_exchanges: u32,
+    last_sig: String,
+    status_dirty: bool,
+    key_dirty: bool,
     out: Vec<Action>,
 }
 
@@ -89,13 +99,16 @@ impl Machine {
             peers: BTreeSet::new(),
             open: None,
             tally: Tally::default(),
+            last_result: None,
             stuck: BTreeMap::new(),
             known_aborted: Vec::new(),
-            online: None,
-            lapsed: Vec::new(),
             next_propose: 0,
             last_exchange: None,
-            last_status: None,
+            last_exchange_sig: String::new(),
+            quiet_exchanges: 0,
+            last_sig: String::new(),
+            status_dirty: true,
+            key_dirty: false,
             out: Vec::new(),
         }
     }
@@ -117,9 +130,16 @@ impl Machine {
         self.view.get(server)
     }
 
-    /// The passed election this controller believes is in force.
-    pub fn online(&self) -> Option<&Value> {
-        self.online.as_ref().map(|(_, v)| v)
+    /// The promotion in force as far as this controller knows: the passed election with the
+    /// highest position among those no final report has ended (they all name the same
+    /// server), unless a shutdown command holds that server. Its server is online, or will be
+    /// when its guarded promotion is re-sent (a restarted primary resumes it).
+    pub fn in_force(&self) -> Option<(String, u64)> {
+        let c = self.know.claims.iter().filter(|c| c.decided).max_by_key(|c| c.position)?;
+        if self.know.held(&c.server).is_some() {
+            return None;
+        }
+        Some((c.server.clone(), c.position))
     }
 
     pub fn handle(&mut self, event: &Event) -> Vec<Action> {
@@ -156,8 +176,13 @@ impl Machine {
             }
             Event::ReturnCommand { servers, from } => {
                 if self.is_peer(from) {
-                    let cmd =
-                        Command { gen: self.clock, origin: from.clone(), servers: servers.clone(), mode: None, ts: self.now };
+                    let cmd = Command {
+                        gen: self.clock,
+                        origin: from.clone(),
+                        servers: servers.clone(),
+                        mode: None,
+                        ts: self.now,
+                    };
                     self.record_command(&cmd, false);
                 } else {
                     self.operator_return(servers);
@@ -166,8 +191,19 @@ impl Machine {
             Event::Admin { command, args } => self.on_admin(command, args),
             _ => {}
         }
-        if self.loaded {
-            self.status(false);
+        // The status and the key's informational part (what each server was last seen doing)
+        // are brought up to date at the next tick; promises and facts are saved at once.
+        if !matches!(event, Event::Tick { .. }) {
+            self.status_dirty = true;
+        } else if self.loaded {
+            if self.key_dirty {
+                self.tick_clock();
+                self.save();
+            }
+            if self.status_dirty || !self.out.is_empty() {
+                self.status_dirty = false;
+                self.status(false);
+            }
         }
         std::mem::take(&mut self.out)
     }
@@ -193,6 +229,7 @@ impl Machine {
         }
         self.know.gen = self.clock;
         self.know.ts = self.now;
+        self.key_dirty = false;
         self.out.push(Action::SaveKey { key: self.know.to_json() });
     }
 
@@ -207,18 +244,6 @@ impl Machine {
 
     fn operational(&self, server: &str) -> bool {
         self.view.get(server).is_some_and(|v| v.connected && v.operational)
-    }
-
-    fn lapse_if_primary(&mut self, server: &str) {
-        if let Some((e, v)) = &self.online {
-            if v.primary == server {
-                self.lapsed.push(e.clone());
-                if self.lapsed.len() > 64 {
-                    self.lapsed.remove(0);
-                }
-                self.online = None;
-            }
-        }
     }
 
     fn threshold_text(&self, yes: usize, of: usize, who: &str) -> String {
@@ -241,14 +266,9 @@ impl Machine {
                 self.know.clear_claims();
                 self.log("info", format!("shutdown key loaded (generation {})", self.know.gen));
                 if let Some((eid, value)) = self.know.open.clone() {
-                    self.open = Some(Open { eid, value, started: self.now });
+                    self.open = Some(Open { eid, value, started: self.now, votes: BTreeMap::new() });
                     self.abort_own("the controller restarted during the election".into());
                 }
-            }
-            Err(why) if self.cfg.brk == Some(Break::VoteWithoutKey) => {
-                // Deliberately broken (test-only): a blank key, as if nothing had happened.
-                self.keyed = true;
-                self.log("warn", format!("{why}; starting from a blank key (_break = vote_without_key)"));
             }
             Err(why) => {
                 self.keyed = false;
@@ -271,11 +291,19 @@ impl Machine {
             }
         }
         self.poll_stuck();
-        let due = self.last_exchange.map_or(true, |l| self.now >= l + t.exchange_ms);
+        let due = self.last_exchange.is_none_or(|l| self.now >= l + t.exchange_ms);
         if due {
             self.last_exchange = Some(self.now);
+            // The key exchange goes out when what it carries changed, and every few periods
+            // anyway (a peer may have missed it).
             let m = self.exchange_msg();
-            self.send("*", m);
+            let sig = format!("{m:?}{:?}", self.know.finals);
+            self.quiet_exchanges += 1;
+            if sig != self.last_exchange_sig || self.quiet_exchanges >= EXCHANGE_REPEAT {
+                self.last_exchange_sig = sig;
+                self.quiet_exchanges = 0;
+                self.send("*", m);
+            }
             self.reassert_online();
         }
         self.maybe_propose();
@@ -293,14 +321,14 @@ impl Machine {
     /// Re-send the commands of the passed election in force (the host ignores them when done):
     /// the guarded promotion, and the other server's resync when it is back (late arrival).
     fn reassert_online(&mut self) {
-        let Some((_, v)) = self.online.clone() else { return };
-        if self.know.held(&v.primary).is_some() {
+        let Some((primary, position)) = self.in_force() else { return };
+        if !self.operational(&primary) {
             return;
         }
-        self.out.push(Action::GoOnline { target: v.target() });
-        let other = self.cfg.other(&v.primary).to_owned();
+        self.out.push(Action::GoOnline { target: format!("{primary}@{position}") });
+        let other = self.cfg.other(&primary).to_owned();
         if self.operational(&other) && self.know.held(&other).is_none() {
-            self.out.push(Action::GoOnline { target: format!("{}+{}", v.primary, other) });
+            self.out.push(Action::GoOnline { target: format!("{primary}+{other}") });
         }
     }
 
@@ -317,25 +345,40 @@ impl Machine {
             self.know.hw = position;
         }
         let rec = self.know.servers.entry(server.to_owned()).or_default();
+        // The key agrees with the server if the server did not come back below what the key
+        // recorded of it: compare before recording this report.
+        let below = (position < rec.high).then_some(rec.high);
+        rec.high = rec.high.max(position);
         rec.operational = operational;
         rec.position = position;
         rec.copies_pending = copies_pending;
         rec.final_report = !operational;
+        if let Some(high) = below {
+            self.log(
+                "warn",
+                format!("{server} reports position {position}, below {high} in the shutdown key: it lost data"),
+            );
+        }
         if !operational {
             // The server's final report at a graceful shutdown: it acknowledged nothing after.
-            self.know.note_final(server, position);
-            self.lapse_if_primary(server);
-            self.tick_clock();
-            self.save();
+            if self.know.note_final(server, position) {
+                self.tick_clock();
+                self.save();
+            } else {
+                self.key_dirty = true;
+            }
         } else if !was {
-            self.tick_clock();
-            self.save();
-            if let Some((_, v)) = &self.online {
+            self.key_dirty = true;
+            match self.in_force() {
                 // The other server came back while online: resync it (never a second primary).
-                if v.primary != server && self.know.held(server).is_none() {
-                    let target = format!("{}+{}", v.primary, server);
-                    self.out.push(Action::GoOnline { target });
+                Some((primary, _))
+                    if primary != server && self.know.held(server).is_none() && self.operational(&primary) =>
+                {
+                    self.out.push(Action::GoOnline { target: format!("{primary}+{server}") });
                 }
+                // The primary in force came back: resume its promotion.
+                Some((primary, _)) if primary == server => self.reassert_online(),
+                _ => {}
             }
         }
     }
@@ -355,14 +398,15 @@ impl Machine {
             let was = v.operational;
             v.connected = false;
             v.operational = false;
-            self.lapse_if_primary(peer);
+            // The belief in the passed election stays: if the server restarted, re-sending its
+            // guarded promotion resumes it (its epoch record is there), and a link that
+            // blinked did not take it offline at all.
             if was {
                 if let Some(rec) = self.know.servers.get_mut(peer) {
                     rec.operational = false;
                     rec.final_report = false;
                 }
-                self.tick_clock();
-                self.save();
+                self.key_dirty = true;
             }
         } else {
             self.peers.remove(peer);
@@ -439,12 +483,9 @@ impl Machine {
         for s in &cmd.servers {
             if self.cfg.is_server(s) && self.know.merge_hold(s, &h) {
                 changed = true;
-                if hold {
-                    self.lapse_if_primary(s);
-                }
             }
         }
-        if hold && self.know.shutdown.as_ref().map_or(true, |c| (cmd.gen, &cmd.origin) > (c.gen, &c.origin)) {
+        if hold && self.know.shutdown.as_ref().is_none_or(|c| (cmd.gen, &cmd.origin) > (c.gen, &c.origin)) {
             self.know.shutdown = Some(cmd.clone());
             self.know.mode = cmd.mode.clone();
             let mut at: Vec<String> = self.peers.iter().cloned().collect();
@@ -506,11 +547,8 @@ impl Machine {
         self.clock = self.clock.max(env.gen);
         let mut changed = false;
         for (s, f) in &env.finals {
-            if self.cfg.is_server(s) && self.know.final_of(s).map_or(true, |mine| *f > mine) {
+            if self.cfg.is_server(s) && self.know.final_of(s).is_none_or(|mine| *f > mine) {
                 changed |= self.know.note_final(s, *f);
-                if self.online.as_ref().is_some_and(|(_, v)| &v.primary == s && *f > v.position) {
-                    self.lapse_if_primary(&s.clone());
-                }
             }
         }
         if env.hw > self.know.hw {
@@ -536,11 +574,9 @@ impl Machine {
                 }
                 self.stuck.remove(&election);
                 self.note_aborted(&election);
-                let who = value.as_ref().map(|v| v.primary.clone()).unwrap_or_default();
-                if self.tally.eid.as_ref() == Some(&election) || self.tally.eid.is_none() {
-                    self.tally.eid = Some(election);
-                    self.tally.value = value;
-                    self.tally.result = Some(format!("{} ({reason})", self.threshold_text(yes as usize, of as usize, &who)));
+                if let Some(v) = &value {
+                    let text = self.threshold_text(yes as usize, of as usize, &v.primary);
+                    self.last_result = Some(format!("{text} ({reason})"));
                 }
             }
             Msg::Query { election } => self.on_query(from, election),
@@ -553,13 +589,10 @@ impl Machine {
                 for (s, h) in &holds {
                     if self.cfg.is_server(s) && self.know.merge_hold(s, h) {
                         changed = true;
-                        if h.held {
-                            self.lapse_if_primary(s);
-                        }
                     }
                 }
                 if let Some(cmd) = shutdown {
-                    if self.know.shutdown.as_ref().map_or(true, |c| (cmd.gen, &cmd.origin) > (c.gen, &c.origin)) {
+                    if self.know.shutdown.as_ref().is_none_or(|c| (cmd.gen, &cmd.origin) > (c.gen, &c.origin)) {
                         self.know.mode = cmd.mode.clone();
                         self.know.shutdown = Some(cmd);
                         changed = true;
@@ -591,6 +624,10 @@ impl Machine {
     /// `Ok` = elect yes.
     pub fn determine(&self, value: &Value) -> Result<(), String> {
         if !self.keyed {
+            if self.cfg.brk == Some(Break::VoteWithoutKey) {
+                // Deliberately broken (test-only): no key taken as a yes.
+                return Ok(());
+            }
             return Err("no shutdown key (missing, torn or corrupt)".into());
         }
         let x = value.primary.as_str();
@@ -613,7 +650,7 @@ impl Machine {
             return Err(format!("{x} is not current: {} copies pending towards it", v.copies_pending));
         }
         // The key and the server agree: the server has not lost what the key records of it.
-        let recorded = self.know.servers.get(x).map_or(0, |r| r.position);
+        let recorded = self.know.servers.get(x).map_or(0, |r| r.high);
         if value.position < recorded {
             return Err(format!(
                 "{x} does not agree with the shutdown key: it reports position {}, the key records {recorded}",
@@ -688,12 +725,16 @@ impl Machine {
     }
 
     fn maybe_propose(&mut self) {
-        if !self.keyed || self.open.is_some() || self.online.is_some() || self.now < self.next_propose {
+        let may = self.keyed || (self.loaded && self.cfg.brk == Some(Break::VoteWithoutKey));
+        if !may || self.open.is_some() || self.in_force().is_some() || self.now < self.next_propose {
             return;
         }
         let Ok(value) = self.candidate() else { return };
-        let eid = Eid { by: self.cfg.me.clone(), n: self.know.next_election };
-        self.know.next_election += 1;
+        // Election numbers only grow, also past what others saw of this controller.
+        let n = self.know.next_election.max(self.clock + 1);
+        let eid = Eid { by: self.cfg.me.clone(), n };
+        self.know.next_election = n + 1;
+        self.know.note_vote(&eid);
         self.know.open = Some((eid.clone(), value.clone()));
         self.know.add_claim(Claim {
             server: value.primary.clone(),
@@ -704,9 +745,10 @@ impl Machine {
         self.tick_clock();
         self.save();
         self.log("info", format!("election {eid}: place {} online?", value.describe()));
-        self.open = Some(Open { eid: eid.clone(), value: value.clone(), started: self.now });
-        self.tally = Tally { eid: Some(eid.clone()), value: Some(value.clone()), ..Tally::default() };
-        self.tally.votes.insert(self.cfg.me.clone(), Ok(()));
+        let mut votes = BTreeMap::new();
+        votes.insert(self.cfg.me.clone(), Ok(()));
+        self.open = Some(Open { eid: eid.clone(), value: value.clone(), started: self.now, votes: votes.clone() });
+        self.tally = Tally { eid: Some(eid.clone()), value: Some(value.clone()), votes };
         self.out.push(Action::Vote { election: eid.to_string(), candidate: value.target(), yes: true });
         self.send("*", Msg::ElectRequest { election: eid.clone(), value: value.clone() });
         if self.cfg.report_by == ReportBy::Broadcast {
@@ -721,16 +763,22 @@ impl Machine {
         }
         // Another controller is electing: leave it the time to finish before starting one.
         self.next_propose = self.next_propose.max(self.now + self.cfg.timing.election_timeout_ms + self.idx_delay());
+        // A repeated request for an election this controller already voted yes in.
+        let mine = self.know.claims.iter().find(|c| c.election == election && !c.decided);
+        let voted = self.keyed && mine.is_some_and(|c| c.server == value.primary && c.position == value.position);
         let answer = if self.know.refuses(&election) {
             Err(format!("election {election} was already refused here"))
-        } else if self.know.claims.iter().any(|c| c.election == election) {
+        } else if mine.is_some() && !voted {
+            Err(format!("election {election} was for another server or position"))
+        } else if voted {
             Ok(())
         } else {
             self.determine(&value)
         };
         let yes = answer.is_ok();
-        if yes && !self.know.claims.iter().any(|c| c.election == election) {
+        if yes && !voted {
             // Write-ahead: the vote is in the key before anyone hears it.
+            self.know.note_vote(&election);
             self.know.add_claim(Claim {
                 server: value.primary.clone(),
                 position: value.position,
@@ -755,29 +803,21 @@ impl Machine {
     }
 
     fn on_election(&mut self, from: &str, election: Eid, value: Value, yes: bool, reason: String) {
+        let vote = if yes { Ok(()) } else { Err(reason) };
         if self.tally.eid.as_ref() != Some(&election) {
-            if self.open.as_ref().is_some_and(|o| o.eid != election) {
-                return;
-            }
             self.tally = Tally { eid: Some(election.clone()), value: Some(value), ..Tally::default() };
         }
-        self.tally.votes.insert(from.to_owned(), if yes { Ok(()) } else { Err(reason) });
-        if self.open.as_ref().is_some_and(|o| o.eid == election) {
+        self.tally.votes.insert(from.to_owned(), vote.clone());
+        if let Some(open) = self.open.as_mut().filter(|o| o.eid == election) {
+            open.votes.insert(from.to_owned(), vote);
             self.check_decision();
         }
-    }
-
-    fn yes_count(&self) -> usize {
-        self.tally.votes.values().filter(|v| v.is_ok()).count()
     }
 
     /// Step 466/566: more than the threshold elected yes → step 480/580 (or 470/570).
     fn check_decision(&mut self) {
         let Some(open) = self.open.clone() else { return };
-        if self.tally.eid.as_ref() != Some(&open.eid) {
-            return;
-        }
-        let yes = self.yes_count();
+        let yes = open.yes();
         if !self.cfg.passes(yes) {
             return;
         }
@@ -792,20 +832,25 @@ impl Machine {
             decided: true,
         });
         self.tick_clock();
-        let outcome = Outcome { election: open.eid.clone(), value: open.value.clone(), gen: self.clock, yes: yes as u32, of: of as u32 };
+        let outcome = Outcome {
+            election: open.eid.clone(),
+            value: open.value.clone(),
+            gen: self.clock,
+            yes: yes as u32,
+            of: of as u32,
+        };
         self.know.outcome = Some(outcome.clone());
         self.save();
         let text = self.threshold_text(yes, of, &open.value.primary);
-        self.tally.result = Some(text.clone());
+        self.last_result = Some(text.clone());
         self.log("info", format!("election {}: {text}; online with {}", open.eid, open.value.describe()));
         self.out.push(Action::GoOnline { target: open.value.target() });
-        self.online = Some((open.eid.clone(), open.value.clone()));
         self.send("*", Msg::Outcome { outcome });
     }
 
     fn abort_own(&mut self, why: String) {
         let Some(open) = self.open.take() else { return };
-        let yes = if self.tally.eid.as_ref() == Some(&open.eid) { self.yes_count() } else { 1 };
+        let yes = open.yes();
         let of = self.cfg.controllers.len();
         self.know.open = None;
         self.know.push_resolved(Resolved { n: open.eid.n, decided: false, value: open.value.clone() });
@@ -813,9 +858,7 @@ impl Machine {
         self.tick_clock();
         self.save();
         let text = self.threshold_text(yes, of, &open.value.primary);
-        if self.tally.eid.as_ref() == Some(&open.eid) {
-            self.tally.result = Some(format!("{text} ({why})"));
-        }
+        self.last_result = Some(format!("{text} ({why})"));
         self.log("info", format!("election {}: {text}; staying offline ({why})", open.eid));
         self.note_aborted(&open.eid);
         self.send(
@@ -836,7 +879,7 @@ impl Machine {
             decided: true,
         });
         self.stuck.remove(&o.election);
-        if self.know.outcome.as_ref().map_or(true, |k| (o.gen, &o.election) > (k.gen, &k.election)) {
+        if self.know.outcome.as_ref().is_none_or(|k| (o.gen, &o.election) > (k.gen, &k.election)) {
             self.know.outcome = Some(o.clone());
             changed = true;
         }
@@ -844,20 +887,10 @@ impl Machine {
             self.tick_clock();
             self.save();
         }
-        let live = self.know.claims.iter().any(|c| c.decided && c.election == o.election);
-        let fresh = self.online.as_ref().map_or(true, |(e, _)| e != &o.election);
-        if live
-            && fresh
-            && !self.lapsed.contains(&o.election)
-            && self.operational(&o.value.primary)
-            && self.know.held(&o.value.primary).is_none()
-        {
-            if announce {
-                self.tally.eid = Some(o.election.clone());
-                self.tally.value = Some(o.value.clone());
-                self.tally.result = Some(self.threshold_text(o.yes as usize, o.of as usize, &o.value.primary));
-            }
-            self.online = Some((o.election.clone(), o.value.clone()));
+        if announce && self.in_force().is_some_and(|(p, pos)| p == o.value.primary && pos == o.value.position) {
+            self.tally.eid = Some(o.election.clone());
+            self.tally.value = Some(o.value.clone());
+            self.last_result = Some(self.threshold_text(o.yes as usize, o.of as usize, &o.value.primary));
             self.reassert_online();
         }
     }
@@ -869,7 +902,7 @@ impl Machine {
             .know
             .claims
             .iter()
-            .filter(|c| !c.decided && self.open.as_ref().map_or(true, |o| o.eid != c.election))
+            .filter(|c| !c.decided && self.open.as_ref().is_none_or(|o| o.eid != c.election))
             .map(|c| c.election.clone())
             .collect();
         self.stuck.retain(|e, _| standing.contains(e));
@@ -877,7 +910,7 @@ impl Machine {
         for e in standing {
             let now = self.now;
             let s = self.stuck.entry(e.clone()).or_insert_with(|| Stuck { since: now, ..Stuck::default() });
-            if now >= s.since + stuck_ms && s.last_query.map_or(true, |l| now >= l + stuck_ms) {
+            if now >= s.since + stuck_ms && s.last_query.is_none_or(|l| now >= l + stuck_ms) {
                 s.last_query = Some(now);
                 self.send("*", Msg::Query { election: e });
             }
@@ -901,6 +934,9 @@ impl Machine {
             (if c.decided { QueryState::Decided } else { QueryState::VotedYes }, Some(v))
         } else if self.known_aborted.contains(&election) {
             (QueryState::Aborted, None)
+        } else if self.know.may_have_voted(&election) {
+            // A yes vote here may have been folded into a later passed election: never refuse.
+            (QueryState::Unknown, None)
         } else if self.keyed {
             // Promise never to vote yes in it (nor in any earlier election of its proposer).
             let n = self.know.refused.entry(election.by.clone()).or_insert(0);
@@ -922,7 +958,8 @@ impl Machine {
         };
         match state {
             QueryState::Decided => {
-                let value = value.unwrap_or(Value { primary: claim.server.clone(), secondary: None, position: claim.position });
+                let value =
+                    value.unwrap_or(Value { primary: claim.server.clone(), secondary: None, position: claim.position });
                 let o = Outcome { election, value, gen: self.clock, yes: 0, of: self.cfg.controllers.len() as u32 };
                 self.learn_outcome(o, false);
             }
@@ -956,21 +993,21 @@ impl Machine {
     // ----- status (step 490/590: offline, and why) -----------------------------------------
 
     fn status(&mut self, force: bool) {
-        let (outcome, reason) = match &self.online {
-            Some((_, v)) if self.operational(&v.primary) => {
-                let other = self.cfg.other(&v.primary).to_owned();
+        let (outcome, reason) = match self.in_force() {
+            Some((primary, _)) if self.operational(&primary) => {
+                let other = self.cfg.other(&primary).to_owned();
                 let both = self.operational(&other) && self.know.held(&other).is_none();
-                let outcome = if both { format!("online {}+{}", v.primary, other) } else { format!("online {}", v.primary) };
-                let why = self.tally.result.clone().unwrap_or_else(|| "elected".into());
+                let outcome = if both { format!("online {primary}+{other}") } else { format!("online {primary}") };
+                let why = self.last_result.clone().unwrap_or_else(|| "elected".into());
                 (outcome, why)
             }
             _ => {
                 let why = match self.candidate() {
-                    Ok(v) => match &self.tally.result {
+                    Ok(v) => match &self.last_result {
                         Some(r) => format!("{r}; electing {} again", v.describe()),
                         None => format!("electing {}", v.describe()),
                     },
-                    Err(e) => match &self.tally.result {
+                    Err(e) => match &self.last_result {
                         Some(r) if self.keyed => format!("{e} (last election: {r})"),
                         _ => e,
                     },
@@ -978,6 +1015,15 @@ impl Machine {
                 ("offline".to_owned(), why)
             }
         };
+        let held: Vec<&String> = self.cfg.servers.iter().filter(|s| self.know.held(s).is_some()).collect();
+        let sig = format!(
+            "{outcome}|{reason}|{}|{:?}|{:?}|{held:?}|{:?}",
+            self.keyed, self.tally.eid, self.tally.votes, self.know.mode
+        );
+        if !force && self.last_sig == sig {
+            return;
+        }
+        self.last_sig = sig;
         let elections: serde_json::Map<String, serde_json::Value> = self
             .tally
             .votes
@@ -990,7 +1036,6 @@ impl Machine {
                 (c.clone(), serde_json::Value::String(s))
             })
             .collect();
-        let held: Vec<&String> = self.cfg.servers.iter().filter(|s| self.know.held(s).is_some()).collect();
         let value = json!({
             "outcome": outcome,
             "reason": reason,
@@ -1003,16 +1048,6 @@ impl Machine {
             "mode": self.know.mode,
             "held": held,
         });
-        // The generation moves with every message; report only when something else changed.
-        let mut cmp = value.clone();
-        cmp["generation"] = json!(0);
-        let mut last = self.last_status.clone().unwrap_or_default();
-        if last.is_object() {
-            last["generation"] = json!(0);
-        }
-        if force || last != cmp {
-            self.last_status = Some(value.clone());
-            self.out.push(Action::Report { key: "quorum".into(), value });
-        }
+        self.out.push(Action::Report { key: "quorum".into(), value });
     }
 }
