@@ -135,16 +135,6 @@ fn bits_to_caps(b: u64) -> Capabilities {
     }
 }
 
-unsafe extern "C" fn close_shim<B>(inst: GwInstance) {
-    if inst.is_null() {
-        return;
-    }
-    // SAFETY: `inst` came from Box::into_raw in open and the host closes it exactly once.
-    let boxed = unsafe { Box::from_raw(inst as *mut Slot<B>) };
-    // A panicking Drop must not unwind into the host.
-    let _ = catch_unwind(AssertUnwindSafe(move || drop(boxed)));
-}
-
 unsafe extern "C" fn size_shim<B: Backend>(inst: GwInstance) -> u64 {
     // SAFETY: the host passes the instance open returned.
     let s = unsafe { slot::<B>(inst) };
@@ -265,7 +255,7 @@ const fn ops<B: Backend>() -> GwBackendVtable {
     GwBackendVtable {
         struct_size: std::mem::size_of::<GwBackendVtable>(),
         open: None,
-        close: Some(close_shim::<B>),
+        close: Some(crate::close_boxed::<Slot<B>>),
         size: Some(size_shim::<B>),
         capabilities: Some(caps_shim::<B>),
         read: Some(read_shim::<B>),
@@ -371,37 +361,8 @@ unsafe fn open_common<B: Backend>(
     err: *mut GwError,
     build: impl FnOnce(&Host, &serde_json::Value) -> std::result::Result<B, String>,
 ) -> i32 {
-    // SAFETY: the host passes a valid table (or null) and a config string for the call.
-    let host = unsafe { Host::from_raw(host) };
-    // SAFETY: as above.
-    let text = unsafe { config.as_str() };
-    let result = catch_unwind(AssertUnwindSafe(|| {
-        let cfg: serde_json::Value = if text.trim().is_empty() {
-            serde_json::Value::Object(Default::default())
-        } else {
-            serde_json::from_str(text).map_err(|e| format!("config is not valid JSON: {e}"))?
-        };
-        build(&host, &cfg)
-    }));
-    match result {
-        Ok(Ok(b)) => {
-            if out.is_null() {
-                set_err(err, "null output pointer");
-                return libc_errno::EINVAL;
-            }
-            // SAFETY: checked non-null; the host provided it.
-            unsafe { *out = Box::into_raw(Box::new(Slot::new(b))) as GwInstance };
-            GW_OK
-        }
-        Ok(Err(msg)) => {
-            set_err(err, &msg);
-            libc_errno::EINVAL
-        }
-        Err(p) => {
-            set_err(err, &format!("panicked in open: {}", panic_message(&p)));
-            GW_EPANIC
-        }
-    }
+    // SAFETY: forwarded ABI arguments.
+    unsafe { crate::open_instance(host, config, out, err, |h, c| build(h, c).map(Slot::new)) }
 }
 
 unsafe extern "C" fn backend_open<P: BackendPlugin>(
@@ -471,7 +432,7 @@ impl ExportedBackend {
 impl Drop for ExportedBackend {
     fn drop(&mut self) {
         // SAFETY: instance came from Box::into_raw of this type and is dropped once, here.
-        unsafe { close_shim::<Arc<dyn Backend>>(self.instance) }
+        unsafe { crate::close_boxed::<Slot<Arc<dyn Backend>>>(self.instance) }
     }
 }
 

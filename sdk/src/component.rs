@@ -129,14 +129,6 @@ unsafe extern "C" fn open_shim<C: BackupComponent>(
     }
 }
 
-unsafe extern "C" fn close_shim<C>(i: GwInstance) {
-    if !i.is_null() {
-        // SAFETY: produced by Box::into_raw in open; closed once by the host.
-        let b = unsafe { Box::from_raw(i as *mut Instance<C>) };
-        let _ = catch_unwind(AssertUnwindSafe(move || drop(b)));
-    }
-}
-
 /// Run a component call, catching a panic (which marks the instance failed). The completion
 /// was moved into the call, so a panic drops it during unwinding and it fires with an error:
 /// after `GW_EPANIC` the host must not reclaim it.
@@ -210,7 +202,7 @@ pub const fn component_vtable<C: BackupComponent>() -> GwComponentVtable {
     GwComponentVtable {
         struct_size: std::mem::size_of::<GwComponentVtable>(),
         open: Some(open_shim::<C>),
-        close: Some(close_shim::<C>),
+        close: Some(crate::close_boxed::<Instance<C>>),
         submit: Some(submit_shim::<C>),
         flush: Some(flush_shim::<C>),
         set_boundary: Some(boundary_shim::<C>),

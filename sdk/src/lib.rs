@@ -134,6 +134,20 @@ pub(crate) unsafe fn open_instance<T>(
     }
 }
 
+/// The shared `close` entry: drop the boxed instance `open` made, never letting a panicking
+/// `Drop` unwind into the host.
+///
+/// # Safety
+/// `instance` is null or came from `Box::into_raw(Box<T>)` in `open`, and is closed once.
+pub(crate) unsafe extern "C" fn close_boxed<T>(instance: GwInstance) {
+    if instance.is_null() {
+        return;
+    }
+    // SAFETY: guaranteed by the caller.
+    let boxed = unsafe { Box::from_raw(instance as *mut T) };
+    let _ = catch_unwind(AssertUnwindSafe(move || drop(boxed)));
+}
+
 pub(crate) fn parse_config(text: &str) -> Result<serde_json::Value, String> {
     if text.trim().is_empty() {
         return Ok(serde_json::Value::Object(Default::default()));

@@ -238,14 +238,6 @@ unsafe extern "C" fn open_shim<P: RecoveryPolicy>(
     }
 }
 
-unsafe extern "C" fn close_shim<P>(i: GwInstance) {
-    if !i.is_null() {
-        // SAFETY: produced by Box::into_raw in open; closed once by the host.
-        let b = unsafe { Box::from_raw(i as *mut Instance<P>) };
-        let _ = catch_unwind(AssertUnwindSafe(move || drop(b)));
-    }
-}
-
 unsafe extern "C" fn on_event_shim<P: RecoveryPolicy>(
     i: GwInstance,
     event: GwStr,
@@ -295,7 +287,7 @@ pub const fn policy_vtable<P: RecoveryPolicy>() -> GwPolicyVtable {
     GwPolicyVtable {
         struct_size: std::mem::size_of::<GwPolicyVtable>(),
         open: Some(open_shim::<P>),
-        close: Some(close_shim::<P>),
+        close: Some(crate::close_boxed::<Instance<P>>),
         on_event: Some(on_event_shim::<P>),
     }
 }
