@@ -5,7 +5,9 @@
 //! "state": "InSync", "timeout_ms": 60000}`, `{"command": "verify-config"}`, and the
 //! replication commands that go through the recovery policy (`freeze`, `run`, `suspend`,
 //! `resync`, `swap`, `failover`, `failback`, `recover`, `online`, `offline`,
-//! `join-cleanup`) with `"volume_set"` and their arguments. Responses: `{"ok": true,
+//! `join-cleanup`) with `"volume_set"` and their arguments; on a quorum controller,
+//! `shutdown` (`servers`, `mode`), `return` (`servers`), `quorum-bootstrap` and
+//! `quorum-status`. Responses: `{"ok": true,
 //! "result": ...}` or `{"ok": false, "error": "..."}`.
 
 use std::os::unix::fs::PermissionsExt;
@@ -19,12 +21,14 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 
+use crate::quorum::controller::Controller;
 use crate::replication::Engine;
 use crate::server::Exports;
 
 pub struct Admin {
     pub exports: Exports,
     pub engine: Option<Arc<Engine>>,
+    pub controller: Option<Arc<Controller>>,
 }
 
 pub async fn serve(path: PathBuf, admin: Arc<Admin>, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -94,7 +98,14 @@ async fn handle(admin: &Admin, req: Value) -> Result<Value, String> {
             })
             .collect();
         let replication = admin.engine.as_ref().map(|e| e.status());
-        return Ok(json!({"exports": exports, "replication": replication}));
+        let quorum = admin.controller.as_ref().map(|c| c.status());
+        return Ok(json!({"exports": exports, "replication": replication, "quorum": quorum}));
+    }
+    if matches!(command.as_str(), "shutdown" | "return" | "quorum-bootstrap" | "quorum-status") {
+        let c = admin.controller.as_ref().ok_or_else(|| {
+            format!("`{command}` goes to a quorum controller; this node has no [controller] section in its config")
+        })?;
+        return c.admin(&command, &req).await;
     }
     let engine =
         admin.engine.as_ref().ok_or("this node has no volume sets ([node] and [[volume_set]] in its config)")?;
@@ -206,6 +217,96 @@ pub fn status_table(status: &Value) -> String {
             &["VOLUME SET", "STATE", "DIRECTION", "FLOW", "LINK", "DIRTY", "RESYNC", "LAST ERROR"],
             rows,
         ));
+        let quorum: Vec<Vec<String>> = sets
+            .iter()
+            .filter(|v| v["quorum"].is_object())
+            .map(|v| {
+                let q = &v["quorum"];
+                vec![
+                    s(&v["name"]),
+                    s(&q["online"]),
+                    s(&q["position"]),
+                    s(&q["epoch"]),
+                    s(&q["last_final"]),
+                    s(&q["controllers"]),
+                    s(&q["shutting_down"]),
+                ]
+            })
+            .collect();
+        if !quorum.is_empty() {
+            out.push('\n');
+            out.push_str(&table(
+                &["QUORUM SET", "ONLINE", "POSITION", "EPOCH", "LAST FINAL", "CONTROLLERS", "SHUTTING DOWN"],
+                quorum,
+            ));
+        }
+    }
+    if status["quorum"].is_object() {
+        out.push('\n');
+        out.push_str(&quorum_table(&status["quorum"]));
+    }
+    out
+}
+
+/// A controller's `quorum-status` answer for people: the outcome and why, the servers as this
+/// controller sees them, each controller's link and election, and the saved key.
+pub fn quorum_table(q: &Value) -> String {
+    let s = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    };
+    let key = &q["saved_key"];
+    let mut out = format!(
+        "controller {} (volume set {}): {}\nreason: {}\nthreshold: more than {} of {} controllers must elect\nkey: {} (generation {}, last shutdown mode {}, held: {})\n\n",
+        s(&q["controller"]),
+        s(&q["volume_set"]),
+        s(&q["outcome"]),
+        s(&q["reason"]),
+        s(&q["threshold"]),
+        s(&q["controllers"]),
+        s(&q["key_store"]),
+        s(&key["gen"]),
+        s(&q["mode"]),
+        q["held"].as_array().map(|a| a.iter().map(s).collect::<Vec<_>>().join("+")).filter(|h| !h.is_empty()).unwrap_or_else(|| "none".into()),
+    );
+    let mut t = format!(
+        "{:<8} {:<10} {:<12} {:<10} {:<9} {:<8} {}\n",
+        "SERVER", "CONNECTED", "OPERATIONAL", "ONLINE", "POSITION", "PENDING", "IN KEY (position/high/final)"
+    );
+    if let Some(servers) = q["servers"].as_object() {
+        for (name, v) in servers {
+            let rec = &key["servers"][name];
+            let in_key = format!("{}/{}/{}", s(&rec["position"]), s(&rec["high"]), s(&key["finals"][name]));
+            t.push_str(&format!(
+                "{:<8} {:<10} {:<12} {:<10} {:<9} {:<8} {}\n",
+                name,
+                if v["connected"] == true { "yes" } else { "no" },
+                s(&v["operational"]),
+                s(&v["online"]),
+                s(&v["position"]),
+                s(&v["copies_pending"]),
+                in_key
+            ));
+        }
+    }
+    out.push_str(&t);
+    out.push('\n');
+    out.push_str(&format!("{:<12} {:<6} {}\n", "CONTROLLER", "LINK", "ELECTION"));
+    let me = s(&q["controller"]);
+    let mut names: Vec<String> = vec![me.clone()];
+    if let Some(p) = q["peers"].as_object() {
+        names.extend(p.keys().cloned());
+    }
+    for n in names {
+        let link = if n == me {
+            "self".to_string()
+        } else if q["peers"][&n] == true {
+            "up".into()
+        } else {
+            "down".into()
+        };
+        out.push_str(&format!("{:<12} {:<6} {}\n", n, link, s(&q["elections"][&n])));
     }
     out
 }

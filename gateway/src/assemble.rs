@@ -143,3 +143,16 @@ pub fn replication_policy(
     let p = plugin::load(name, plugin_dir).with_context(|| format!("volume set policy `{name}`"))?;
     plugin::open_policy(&p, &policy_config).with_context(|| format!("volume set policy `{name}`"))
 }
+
+/// The quorum controller of a `[controller]` section, with its recovery policy loaded and
+/// opened on the section's policy config.
+pub fn controller(
+    cfg: &crate::config::ControllerConfig,
+    data_dir: &Path,
+    plugin_dir: &Path,
+) -> anyhow::Result<Arc<crate::quorum::controller::Controller>> {
+    let what = || format!("controller {}: policy `{}`", cfg.id, cfg.policy);
+    let p = plugin::load(&cfg.policy, plugin_dir).with_context(what)?;
+    let policy = plugin::open_policy(&p, &cfg.policy_config()).with_context(what)?;
+    Ok(crate::quorum::controller::Controller::new(cfg.clone(), data_dir, policy))
+}

@@ -99,6 +99,32 @@ enum CtlCommand {
     },
     /// Compare this site's volume set definitions with the peer's.
     VerifyConfig,
+    /// Quorum controllers: take servers out of operation with a shutdown mode. Given to any
+    /// one controller, which broadcasts it to the others.
+    Shutdown {
+        /// A, B (the servers' site names) or both.
+        #[arg(long)]
+        server: String,
+        #[arg(long, default_value = "normal", value_parser = ["normal", "expedite", "immediate", "force"])]
+        mode: String,
+    },
+    /// Quorum controllers: bring servers back (the controllers then decide what goes online).
+    Return {
+        /// A, B or both.
+        #[arg(long)]
+        server: String,
+    },
+    /// Quorum controllers: status and first setup.
+    #[command(subcommand)]
+    Quorum(QuorumCommand),
+}
+
+#[derive(Subcommand)]
+enum QuorumCommand {
+    /// The outcome and why, the servers, each controller's election, the saved key.
+    Status,
+    /// Give a controller without a key a blank one (only when setting a system up anew).
+    Bootstrap,
 }
 
 #[derive(clap::Args)]
@@ -177,6 +203,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         assemble::replication_policy(&config, &plugin_dir, policy_config)
     })?;
     let mut policies = assemble::Policies::load(&config, &plugin_dir)?;
+    let controller = match &config.controller {
+        Some(c) => Some(assemble::controller(c, &data_dir, &plugin_dir)?),
+        None => None,
+    };
     let admin_socket = match &config.admin_socket {
         Some(p) if p.is_absolute() => p.clone(),
         Some(p) => data_dir.join(p),
@@ -195,10 +225,20 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             e.start(shutdown.clone()).await?;
         }
         let exports = Exports::new(volumes);
-        let admin = Arc::new(Admin { exports: exports.clone(), engine: engine.clone() });
+        if let Some(c) = &controller {
+            c.start(shutdown.clone()).await?;
+        }
+        let serves_hosts = !exports.volumes().is_empty() || controller.is_none();
+        let admin = Arc::new(Admin { exports: exports.clone(), engine: engine.clone(), controller });
         admin::serve(admin_socket, admin, shutdown.clone()).await?;
         policies.deliver(&Event::Started { node: node_name(), role: "server".into() });
-        let result = server::run(exports, listen, shutdown.clone()).await;
+        let result = if serves_hosts {
+            server::run(exports, listen, shutdown.clone()).await
+        } else {
+            // A standalone controller (a witness) exports nothing.
+            shutdown.cancelled().await;
+            Ok(())
+        };
         signals.abort();
         policies.deliver(&Event::Stopping { mode: "normal".into() });
         if let (Some(e), Ok(())) = (&engine, &result) {
@@ -259,6 +299,10 @@ fn ctl(args: CtlArgs) -> anyhow::Result<()> {
         CtlCommand::WaitForState { volume_set, state, timeout } => {
             json!({"command": "wait-for-state", "volume_set": volume_set, "state": state, "timeout_ms": timeout * 1000})
         }
+        CtlCommand::Shutdown { server, mode } => json!({"command": "shutdown", "servers": [server], "mode": mode}),
+        CtlCommand::Return { server } => json!({"command": "return", "servers": [server]}),
+        CtlCommand::Quorum(QuorumCommand::Status) => json!({"command": "quorum-status"}),
+        CtlCommand::Quorum(QuorumCommand::Bootstrap) => json!({"command": "quorum-bootstrap"}),
     };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting tokio")?;
     let reply = runtime.block_on(admin::request(&socket, &req))?;
@@ -267,6 +311,9 @@ fn ctl(args: CtlArgs) -> anyhow::Result<()> {
     } else if reply["ok"] == true {
         match args.command {
             CtlCommand::Status => print!("{}", crate::admin::status_table(&reply["result"])),
+            CtlCommand::Shutdown { .. } | CtlCommand::Return { .. } | CtlCommand::Quorum(_) => {
+                print!("{}", crate::admin::quorum_table(&reply["result"]))
+            }
             _ => println!("ok: {}", reply["result"]),
         }
     }

@@ -108,6 +108,9 @@ pub struct Volume {
     /// Why hosts may not write now (e.g. this site holds the recovery copy of a replicated
     /// volume), or `None` when they may. Writes from the replication link are not gated.
     host_write_block: Mutex<Option<String>>,
+    /// Why host I/O of every kind (reads too) waits now, or `None` when it may proceed: a
+    /// quorum-managed server holds its volumes until the controllers place it online.
+    host_hold: tokio::sync::watch::Sender<Option<String>>,
     /// Host mutations hold this shared from admission until their local I/O is done; a
     /// resync takes it exclusively to read a region consistently with what it has already
     /// queued for the peer (see `gateway::replication`).
@@ -150,6 +153,7 @@ impl Volume {
             call_timeout: None,
             failed: AtomicBool::new(false),
             host_write_block: Mutex::new(None),
+            host_hold: tokio::sync::watch::Sender::new(None),
             gate: tokio::sync::RwLock::new(()),
             in_flight: Mutex::new(Vec::new()),
             in_flight_done: tokio::sync::Notify::new(),
@@ -189,6 +193,26 @@ impl Volume {
         self.host_write_block.lock().clone()
     }
 
+    /// Hold (or release) every host request, with the reason status shows.
+    pub fn hold_host_io(&self, reason: Option<String>) {
+        self.host_hold.send_replace(reason);
+    }
+
+    /// Why host requests are held now, if they are.
+    pub fn host_io_hold(&self) -> Option<String> {
+        self.host_hold.borrow().clone()
+    }
+
+    /// Wait until host requests may proceed (at once when they are not held).
+    pub async fn host_io_allowed(&self) {
+        if self.host_hold.borrow().is_none() {
+            return;
+        }
+        let mut rx = self.host_hold.subscribe();
+        // The sender lives as long as the volume, so this only ends when released.
+        let _ = rx.wait_for(|r| r.is_none()).await;
+    }
+
     /// Run `f` while no host mutation is between admission and the end of its local I/O.
     pub async fn exclusive<T>(&self, f: impl std::future::Future<Output = T>) -> T {
         let _g = self.gate.write().await;
@@ -204,7 +228,7 @@ impl Volume {
     /// Requests finish without waiting on anything: the backend never blocks and no
     /// observer holds the acknowledgement (so the server may run them in line).
     pub fn completes_inline(&self) -> bool {
-        !self.caps.blocking && self.observers.is_empty()
+        !self.caps.blocking && self.observers.is_empty() && self.host_hold.borrow().is_none()
     }
 
     /// Whether a timed-out call has failed this export.

@@ -5,15 +5,22 @@
 //! reading it is an operator with the file open in an editor. Parsing (`toml` + serde, with
 //! unknown keys refused) and semantic validation (sizes, duplicates, addresses) both report
 //! that way; validation uses the spans `toml` keeps for the values it checks.
+//!
+//! Besides serving exports, a process can hold the quorum controller role (`[controller]`,
+//! see [`ControllerConfig`]); a file with only that section is a valid standalone controller.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+mod quorum;
 mod replication;
 
-pub use replication::{LinkLossPolicy, NodeConfig, VolumeSetConfig};
+pub use quorum::{
+    ControllerConfig, ControllerPeer, QuorumServer, ThresholdConfig, DEFAULT_CONTROLLER_POLICY, DEFAULT_KEY_FILE,
+};
+pub use replication::{LinkLossPolicy, NodeConfig, Recovery, VolumeSetConfig};
 
 use gateway_backend::BackendSpec;
 use serde::Deserialize;
@@ -55,6 +62,7 @@ struct RawConfig {
     node: Option<replication::RawNode>,
     #[serde(default)]
     volume_set: Vec<replication::RawVolumeSet>,
+    controller: Option<Spanned<quorum::RawController>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -135,6 +143,8 @@ pub struct Config {
     /// This node's place in a two-site replication topology, if it has one.
     pub node: Option<NodeConfig>,
     pub volume_sets: Vec<VolumeSetConfig>,
+    /// This process's quorum controller role, if it has one (`[controller]`).
+    pub controller: Option<ControllerConfig>,
 }
 
 /// A plugin named in the config: a path or a name in the plugin directory, its own config
@@ -222,7 +232,9 @@ impl Config {
         let listen = match raw.server.listen {
             None => vec![parse_addr(DEFAULT_LISTEN).map_err(|m| at(None, m))?],
             Some(list) => {
-                if list.get_ref().is_empty() && raw.server.unix.is_none() {
+                // A standalone controller (no exports) may listen for hosts nowhere.
+                let serves_hosts = !raw.export.is_empty() || raw.controller.is_none();
+                if list.get_ref().is_empty() && raw.server.unix.is_none() && serves_hosts {
                     return Err(at(
                         Some(list.span()),
                         "key `server.listen`: empty, and no `server.unix` socket".into(),
@@ -245,7 +257,8 @@ impl Config {
             Some(m) => m.into_inner(),
         };
 
-        if raw.export.is_empty() {
+        // A standalone quorum controller serves no exports.
+        if raw.export.is_empty() && raw.controller.is_none() {
             return Err(at(None, "no [[export]] sections: nothing to serve".into()));
         }
         let mut seen = HashSet::new();
@@ -319,6 +332,7 @@ impl Config {
             .map(|r| plugin_ref(text, file, r.plugin, r.config))
             .collect::<Result<Vec<_>, _>>()?;
         let (node, volume_sets) = replication::validate(raw.node, raw.volume_set, &exports, text, file)?;
+        let controller = raw.controller.map(|c| quorum::validate(c, text, file)).transpose()?;
         Ok(Config {
             listen,
             unix: raw.server.unix,
@@ -330,6 +344,7 @@ impl Config {
             admin_socket: raw.server.admin_socket,
             node,
             volume_sets,
+            controller,
         })
     }
 }

@@ -21,6 +21,8 @@
 //! initial_sync = "full"          # or "none": the volumes are known identical already
 //! auto_resync = true             # resync by itself when the link returns
 //! policy = "pprc"                # the recovery policy plugin that runs the state machine
+//! recovery = "operator"          # or "quorum": hold host I/O until a quorum of controllers
+//!                                # places this server online (see `[controller]`)
 //! ```
 
 use std::collections::HashSet;
@@ -58,6 +60,7 @@ pub(crate) struct RawVolumeSet {
     #[serde(default = "yes")]
     auto_resync: bool,
     policy: Option<String>,
+    recovery: Option<Spanned<String>>,
 }
 
 fn yes() -> bool {
@@ -69,6 +72,15 @@ pub struct NodeConfig {
     pub site: String,
     pub replication_listen: SocketAddr,
     pub control_listen: SocketAddr,
+}
+
+/// Who decides whether this server of the pair serves its hosts after a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recovery {
+    /// Hosts are served per the replication role (operator commands decide).
+    Operator,
+    /// The server holds host I/O until a quorum of controllers places it online.
+    Quorum,
 }
 
 /// What the production site does with host I/O when the peer or the link is lost.
@@ -94,6 +106,8 @@ pub struct VolumeSetConfig {
     pub initial_full_sync: bool,
     pub auto_resync: bool,
     pub policy: String,
+    /// `recovery = "operator"` (default) or `"quorum"`.
+    pub recovery: Recovery,
 }
 
 pub(crate) fn validate(
@@ -208,6 +222,13 @@ pub(crate) fn validate(
                 return Err(at(span, format!("{}: `{other}` (use \"full\" or \"none\")", key("initial_sync"))))
             }
         };
+        let recovery = match s.recovery.as_ref().map(|p| (p.get_ref().as_str(), p.span())) {
+            None | Some(("operator", _)) => Recovery::Operator,
+            Some(("quorum", _)) => Recovery::Quorum,
+            Some((other, span)) => {
+                return Err(at(span, format!("{}: `{other}` (use \"operator\" or \"quorum\")", key("recovery"))))
+            }
+        };
         out.push(VolumeSetConfig {
             name,
             volumes: s.volumes.into_inner(),
@@ -221,6 +242,7 @@ pub(crate) fn validate(
             initial_full_sync,
             auto_resync: s.auto_resync,
             policy: s.policy.unwrap_or_else(|| "pprc".into()),
+            recovery,
         });
     }
     Ok((Some(node), out))
@@ -251,6 +273,18 @@ mod tests {
         assert_eq!(vs.on_link_loss, super::LinkLossPolicy::Freeze);
         assert_eq!(vs.region_size, 128 << 10);
         assert_eq!(c.node.unwrap().site, "A");
+        assert_eq!(vs.recovery, super::Recovery::Operator);
+    }
+
+    #[test]
+    fn recovery() {
+        let c = parse(&set("recovery = \"quorum\"\n")).unwrap();
+        assert_eq!(c.volume_sets[0].recovery, super::Recovery::Quorum);
+        let c = parse(&set("recovery = \"operator\"\n")).unwrap();
+        assert_eq!(c.volume_sets[0].recovery, super::Recovery::Operator);
+        let e = parse(&set("recovery = \"vote\"\n")).unwrap_err();
+        assert!(e.starts_with("r.toml:17:12: key `volume_set[0].recovery`: `vote`"), "{e}");
+        assert!(e.contains("\"operator\" or \"quorum\""), "{e}");
     }
 
     #[test]

@@ -75,12 +75,15 @@ impl Plugin {
 static LIBRARIES: Mutex<Vec<Library>> = Mutex::new(Vec::new());
 
 /// Where a plugin named without a path is looked for, in order: `libgw_NAME.so`,
-/// `libNAME.so`, `NAME.so` in `dir`.
+/// `libNAME.so`, `NAME.so` in `dir`; a `-` in NAME also matches the `_` cargo puts in
+/// library names (`vtc-quorum` finds `libgw_vtc_quorum.so`).
 pub fn resolve(spec: &str, dir: &Path) -> PathBuf {
     if spec.contains('/') {
         return PathBuf::from(spec);
     }
-    let candidates = [format!("libgw_{spec}.so"), format!("lib{spec}.so"), format!("{spec}.so")];
+    let lib = spec.replace('-', "_");
+    let candidates =
+        [format!("libgw_{spec}.so"), format!("libgw_{lib}.so"), format!("lib{spec}.so"), format!("{spec}.so")];
     candidates.iter().map(|c| dir.join(c)).find(|p| p.exists()).unwrap_or_else(|| dir.join(&candidates[0]))
 }
 

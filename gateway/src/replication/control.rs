@@ -58,6 +58,10 @@ async fn session(stream: TcpStream, engine: &Arc<Engine>) -> Result<(), LinkErro
             return Err(LinkError::Unexpected("frame on the control link"));
         };
         let reply = match serde_json::from_str::<Value>(&body) {
+            Ok(req) if req["op"] == "quorum-attach" => {
+                // A controller: from here on the connection carries reports and commands.
+                return crate::quorum::agent::attach(engine, &node, id, req, reader, writer).await;
+            }
             Ok(req) => engine.control(&node, req).await,
             Err(e) => serde_json::json!({"ok": false, "error": format!("request is not JSON: {e}")}),
         };

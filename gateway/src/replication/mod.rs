@@ -43,6 +43,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, NodeConfig};
+use crate::quorum::agent::Agent;
+use crate::quorum::ledger::LedgerFile;
 use crate::volume::Volume;
 pub use mechanisms::arm_freeze_timer;
 use observer::PeerObserver;
@@ -81,6 +83,8 @@ pub struct Engine {
     pump: tokio::sync::Mutex<()>,
     sessions: Mutex<HashMap<String, CancellationToken>>,
     started: Instant,
+    /// The quorum agents of the sets with `recovery = "quorum"`, made at start.
+    agents: std::sync::OnceLock<Vec<Arc<Agent>>>,
 }
 
 fn secondary_reason(set: &str, production: &str) -> String {
@@ -149,7 +153,15 @@ impl Engine {
                 "on_link_loss": match cfg.on_link_loss { crate::config::LinkLossPolicy::Continue => "continue", _ => "freeze" },
                 "auto_resync": cfg.auto_resync,
             }));
-            let set = VolumeSet::new(cfg.clone(), node.site.clone(), set_volumes, bitmaps, persisted, state_path);
+            let ledger = match cfg.recovery {
+                crate::config::Recovery::Quorum => {
+                    let path = data_dir.join(format!("{}.quorum.json", cfg.name));
+                    Some(Arc::new(LedgerFile::open(path)?))
+                }
+                crate::config::Recovery::Operator => None,
+            };
+            let set =
+                VolumeSet::new(cfg.clone(), node.site.clone(), set_volumes, bitmaps, persisted, state_path, ledger);
             for name in &cfg.volumes {
                 if let Some(o) = observers.get(name) {
                     o.bind(set.clone());
@@ -168,6 +180,7 @@ impl Engine {
             pump: tokio::sync::Mutex::new(()),
             sessions: Mutex::new(HashMap::new()),
             started: Instant::now(),
+            agents: std::sync::OnceLock::new(),
         })))
     }
 
@@ -196,6 +209,7 @@ impl Engine {
             .await
             .with_context(|| format!("cannot listen for control on {}", self.node.control_listen))?;
         tracing::info!(site = self.site(), replication = %data.local_addr()?, control = %control.local_addr()?, "replication listening");
+        let mut agents = Vec::new();
         for set in &self.sets {
             self.settle_role(set).await;
             let st = set.state();
@@ -203,7 +217,11 @@ impl Engine {
             for v in &set.volumes {
                 v.block_host_writes(reason.clone());
             }
+            if let Some(ledger) = &set.ledger {
+                agents.push(Agent::start(self.clone(), set.clone(), ledger.clone(), shutdown.clone()));
+            }
         }
+        let _ = self.agents.set(agents);
         tokio::spawn(receiver::serve(data, self.clone(), shutdown.clone()));
         tokio::spawn(control::serve(control, self.clone(), shutdown.clone()));
         tokio::spawn(self.clone().event_loop(shutdown.clone()));
@@ -251,9 +269,21 @@ impl Engine {
         }
     }
 
+    /// The quorum agent of a set, if the set is quorum-managed.
+    pub fn agent(&self, set: &str) -> Option<Arc<Agent>> {
+        self.agents.get()?.iter().find(|a| a.set().name() == set).cloned()
+    }
+
     /// The peer wants to send us updates with `generation`: accept if it is entitled to.
     pub async fn accept_primary(&self, set: &Arc<VolumeSet>, generation: u64) -> Result<(), String> {
         let st = set.state();
+        if set.ledger.is_some() && st.held && !st.quorum_join {
+            return Err(format!(
+                "site {} is held offline by the quorum controllers; it joins {} as its secondary when they say so",
+                self.site(),
+                set.cfg.peer_site
+            ));
+        }
         match st.role {
             Role::Secondary if generation >= st.generation => {
                 set.update(|s| {
@@ -284,7 +314,7 @@ impl Engine {
         }
     }
 
-    fn demote(&self, set: &Arc<VolumeSet>, generation: u64) {
+    pub(crate) fn demote(&self, set: &Arc<VolumeSet>, generation: u64) {
         set.update(|s| {
             s.role = Role::Secondary;
             s.production = set.cfg.peer_site.clone();
@@ -299,7 +329,7 @@ impl Engine {
         self.events.send(set.name(), "demoted", "");
     }
 
-    fn promote(&self, set: &Arc<VolumeSet>, generation: u64, flow: Flow) {
+    pub(crate) fn promote(&self, set: &Arc<VolumeSet>, generation: u64, flow: Flow) {
         set.update(|s| {
             s.role = Role::Primary;
             s.production = self.site().to_owned();

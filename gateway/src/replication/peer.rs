@@ -20,6 +20,12 @@ impl Engine {
         }
         let st = set.state();
         match req["op"].as_str().unwrap_or_default() {
+            op @ ("quorum-position" | "quorum-state") => match self.agent(name) {
+                Some(agent) => agent.peer_request(op, &req).await,
+                None => {
+                    json!({"ok": false, "error": format!("volume set {name} is not quorum-managed at site {}", self.site())})
+                }
+            },
             "state" => json!({
                 "ok": true, "role": st.role, "production": st.production, "generation": st.generation,
                 "state": st.logical, "link_up": st.link_up,
@@ -92,6 +98,7 @@ impl Engine {
                     "updates_mirrored": s.updates_sent.load(std::sync::atomic::Ordering::Relaxed),
                     "last_error": st.last_error,
                     "volumes": s.volumes.iter().map(|v| v.name().to_owned()).collect::<Vec<_>>(),
+                    "quorum": self.agent(s.name()).map(|a| a.status()),
                 })
             })
             .collect();

@@ -19,6 +19,8 @@ use super::Events;
 
 /// Regions in flight at once (keeps the link busy without unbounded memory).
 const WINDOW: usize = 16;
+/// The window while an `expedite` shutdown waits for the resync (quorum recovery).
+const EXPEDITE_WINDOW: usize = 4 * WINDOW;
 
 pub async fn run(set: Arc<VolumeSet>, events: Events) {
     let total = set.dirty_bytes();
@@ -89,7 +91,9 @@ async fn copy(set: &Arc<VolumeSet>) -> Result<(), String> {
                     .await;
                 data?;
                 window.push_back((bm.clone(), region, len, rx));
-                if window.len() >= WINDOW {
+                let limit =
+                    if set.expedite.load(std::sync::atomic::Ordering::Relaxed) { EXPEDITE_WINDOW } else { WINDOW };
+                if window.len() >= limit {
                     if let Some(p) = window.pop_front() {
                         settle(set, p).await?;
                     }

@@ -31,7 +31,7 @@ pub async fn run(set: Arc<VolumeSet>, events: Events, shutdown: CancellationToke
         if shutdown.is_cancelled() {
             return;
         }
-        if set.state().role != Role::Primary {
+        if !set.state().sends() {
             drain(&set, &mut rx);
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -205,7 +205,7 @@ where
                 biased;
                 _ = shutdown.cancelled() => return End::Deliberate,
                 _ = changed.changed() => {
-                    if set.state().role != Role::Primary {
+                    if !set.state().sends() {
                         return End::Deliberate;
                     }
                     continue;

@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::{LinkLossPolicy, VolumeSetConfig};
+use crate::quorum::ledger::LedgerFile;
 use crate::volume::Volume;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,6 +93,23 @@ pub struct SetState {
     pub last_error: Option<String>,
     pub resync: Option<Progress>,
     pub frozen_since: Option<Instant>,
+    /// Quorum-managed (`recovery = "quorum"`) and not placed online by the controllers: host
+    /// I/O is held and no data link goes out.
+    pub held: bool,
+    /// Quorum-managed: the controllers placed this site as the online primary's secondary,
+    /// so it accepts the primary's data link while held.
+    pub quorum_join: bool,
+    /// Quorum-managed, shutting down with `normal`/`expedite`: held, but the data link stays
+    /// until the copies pending towards the peer are done.
+    pub draining: bool,
+}
+
+impl SetState {
+    /// Whether this site sends the set's updates to the peer (it is the production site and
+    /// not held offline).
+    pub fn sends(&self) -> bool {
+        self.role == Role::Primary && (!self.held || self.draining)
+    }
 }
 
 /// An update (or barrier, or resync block) on its way to the peer.
@@ -117,6 +135,10 @@ pub struct VolumeSet {
     /// Bytes of resync data acknowledged by the peer since start (status and tests).
     pub resync_bytes_sent: AtomicU64,
     pub updates_sent: AtomicU64,
+    /// The set's quorum position (`recovery = "quorum"` only; see `crate::quorum::ledger`).
+    pub ledger: Option<Arc<LedgerFile>>,
+    /// A resync runs with a wider window (an `expedite` shutdown is finishing it).
+    pub expedite: std::sync::atomic::AtomicBool,
 }
 
 impl VolumeSet {
@@ -127,6 +149,7 @@ impl VolumeSet {
         bitmaps: HashMap<String, Arc<ChangeBitmap>>,
         persisted: Persisted,
         state_path: PathBuf,
+        ledger: Option<Arc<LedgerFile>>,
     ) -> Arc<Self> {
         let (queue, rx) = mpsc::unbounded_channel();
         let (changed, _) = watch::channel(0);
@@ -141,6 +164,9 @@ impl VolumeSet {
             last_error: None,
             resync: None,
             frozen_since: None,
+            held: ledger.is_some(),
+            quorum_join: false,
+            draining: false,
         };
         Arc::new(Self {
             cfg,
@@ -154,6 +180,8 @@ impl VolumeSet {
             state_path,
             resync_bytes_sent: AtomicU64::new(0),
             updates_sent: AtomicU64::new(0),
+            ledger,
+            expedite: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -226,15 +254,30 @@ impl VolumeSet {
         }
     }
 
-    /// Mark a region in the bitmap durably, then (under freeze) wait for the release.
+    /// Mark a region in the bitmap durably, then (under freeze) wait for the release. A
+    /// quorum-managed set first moves its position on if it was sealed (in the same step as
+    /// the mark, so a seal never misses the region), durably, before the host hears back.
     pub async fn track_region(&self, volume: &str, offset: u64, length: u64) -> Result<(), String> {
-        if let Some(bm) = self.bitmaps.get(volume).cloned() {
-            if bm.set(offset, length) {
-                tokio::task::spawn_blocking(move || bm.persist())
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .map_err(|e| e.to_string())?;
-            }
+        let bm = self.bitmaps.get(volume).cloned();
+        let mark = || bm.as_ref().is_some_and(|b| b.set(offset, length));
+        let newly = match &self.ledger {
+            Some(l) => l.update(|l| {
+                l.track();
+                mark()
+            }),
+            None => mark(),
+        };
+        if let Some(l) = self.ledger.clone().filter(|l| l.needs_save()) {
+            tokio::task::spawn_blocking(move || l.save())
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("saving the quorum position: {e}"))?;
+        }
+        if let (true, Some(bm)) = (newly, bm) {
+            tokio::task::spawn_blocking(move || bm.persist())
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
         }
         self.wait_unfrozen().await
     }

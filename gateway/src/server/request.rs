@@ -97,6 +97,7 @@ fn volume_refusal(e: VolumeError) -> Refusal {
 
 /// Execute a checked request and build its reply.
 pub async fn execute(req: RequestHeader, payload: BytesMut, sel: &Selected) -> Bytes {
+    sel.volume.host_io_allowed().await;
     let result = match req.command {
         Command::Read => return read(&req, sel).await,
         Command::BlockStatus => block_status(&req, sel).await,

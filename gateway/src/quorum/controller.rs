@@ -1,0 +1,530 @@
+//! The controller role (`[controller]`): the host of the vtc-quorum policy in a real process.
+//!
+//! One task owns the policy and feeds it, in order: `Started`, `KeyLoaded` (from the
+//! [`KeyStore`]), then everything that happens — `Tick` every 250 ms, `ControllerUp`/`Down`
+//! and `ControllerMessage` from the other controllers, `PeerUp`/`PeerDown` and
+//! `ServerReport` from the two servers, and the operator's commands. It carries out the
+//! actions in order, and a `SaveKey` is fsync'd before the next action runs (a vote is in
+//! the key before it is sent).
+//!
+//! Links (all reconnect by themselves, every 500 ms):
+//! * to every other controller: an outbound connection that carries this controller's
+//!   messages (`{"body": ...}`), and whose state is `ControllerUp`/`ControllerDown`; inbound
+//!   connections from the others deliver theirs. Messages queued while a peer is down are
+//!   kept (bounded) and sent late: the policy tolerates delay, loss and reordering.
+//! * to each server's control port: `quorum-attach`, then reports in and commands out
+//!   (`GoOnline` goes to every server its target names; commands for a server that is not
+//!   connected are dropped, as the policy expects).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gateway_replication::frame::{Channel, Message};
+use gateway_sdk::policy::{Action, Event, ImportedPolicy};
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+use tokio::io::BufWriter;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::keystore::{KeyStore, Loaded};
+use crate::config::ControllerConfig;
+use crate::replication::link::{self, FrameReader, LinkError, CONNECT_TIMEOUT, LINK_TIMEOUT};
+
+const TICK: Duration = Duration::from_millis(250);
+const RECONNECT: Duration = Duration::from_millis(500);
+const PING: Duration = Duration::from_secs(1);
+/// Messages kept for a peer that is down; more are dropped (the policy re-sends).
+const PEER_QUEUE: usize = 1024;
+
+enum Input {
+    Event(Event),
+    /// An operator command: the policy's actions (or its refusal) come back.
+    Operator(Event, oneshot::Sender<Result<(), String>>),
+}
+
+/// What status shows besides the policy's own report.
+#[derive(Default)]
+struct View {
+    report: Value,
+    key: Option<Value>,
+    key_store: String,
+    servers: BTreeMap<String, (bool, Value)>,
+    peers: BTreeMap<String, bool>,
+}
+
+pub struct Controller {
+    cfg: ControllerConfig,
+    store: Arc<KeyStore>,
+    input: mpsc::UnboundedSender<Input>,
+    input_rx: Mutex<Option<mpsc::UnboundedReceiver<Input>>>,
+    policy: Mutex<Option<ImportedPolicy>>,
+    view: Mutex<View>,
+    peer_queues: HashMap<String, mpsc::Sender<Value>>,
+    peer_rx: Mutex<HashMap<String, mpsc::Receiver<Value>>>,
+    server_queues: Mutex<HashMap<String, mpsc::UnboundedSender<Value>>>,
+}
+
+impl Controller {
+    /// `policy` is the loaded vtc-quorum (or compatible) plugin, opened with
+    /// [`ControllerConfig::policy_config`].
+    pub fn new(cfg: ControllerConfig, data_dir: &Path, policy: ImportedPolicy) -> Arc<Controller> {
+        let key_path = if cfg.key_file.is_absolute() { cfg.key_file.clone() } else { data_dir.join(&cfg.key_file) };
+        let (input, input_rx) = mpsc::unbounded_channel();
+        let mut peer_queues = HashMap::new();
+        let mut peer_rx = HashMap::new();
+        let mut view = View::default();
+        for p in &cfg.peers {
+            let (tx, rx) = mpsc::channel(PEER_QUEUE);
+            peer_queues.insert(p.id.clone(), tx);
+            peer_rx.insert(p.id.clone(), rx);
+            view.peers.insert(p.id.clone(), false);
+        }
+        for s in &cfg.servers {
+            view.servers.insert(s.name.clone(), (false, Value::Null));
+        }
+        Arc::new(Controller {
+            cfg,
+            store: Arc::new(KeyStore::new(key_path)),
+            input,
+            input_rx: Mutex::new(Some(input_rx)),
+            policy: Mutex::new(Some(policy)),
+            view: Mutex::new(view),
+            peer_queues,
+            peer_rx: Mutex::new(peer_rx),
+            server_queues: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.cfg.id
+    }
+
+    /// Bind the controller port and start every task.
+    pub async fn start(self: &Arc<Self>, stop: CancellationToken) -> anyhow::Result<()> {
+        let listener = TcpListener::bind(self.cfg.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("controller {}: cannot listen on {}: {e}", self.cfg.id, self.cfg.listen))?;
+        tracing::info!(controller = %self.cfg.id, listen = %self.cfg.listen, key = %self.store.path().display(), "quorum controller listening");
+        let (Some(rx), Some(policy)) = (self.input_rx.lock().take(), self.policy.lock().take()) else {
+            anyhow::bail!("controller {} started twice", self.cfg.id);
+        };
+        tokio::spawn(self.clone().policy_loop(policy, rx, stop.clone()));
+        let me = self.clone();
+        tokio::spawn(link::accept_loop(listener, stop.clone(), "controller", move |stream, addr| {
+            let me = me.clone();
+            async move {
+                if let Err(e) = me.inbound(stream).await {
+                    tracing::info!(%addr, "controller connection ended: {e}");
+                }
+            }
+        }));
+        let queues: Vec<(String, mpsc::Receiver<Value>)> = self.peer_rx.lock().drain().collect();
+        for (peer, rx) in queues {
+            tokio::spawn(self.clone().outbound(peer, rx, stop.clone()));
+        }
+        for s in self.cfg.servers.clone() {
+            tokio::spawn(self.clone().server_link(s.name, s.control, stop.clone()));
+        }
+        Ok(())
+    }
+
+    fn event(&self, e: Event) {
+        let _ = self.input.send(Input::Event(e));
+    }
+
+    // ----- the policy --------------------------------------------------------------------------
+
+    async fn policy_loop(
+        self: Arc<Self>,
+        mut policy: ImportedPolicy,
+        mut rx: mpsc::UnboundedReceiver<Input>,
+        stop: CancellationToken,
+    ) {
+        let started = Instant::now();
+        let loaded = {
+            let store = self.store.clone();
+            tokio::task::spawn_blocking(move || store.load()).await.unwrap_or_else(|e| Loaded::Corrupt(e.to_string()))
+        };
+        match &loaded {
+            Loaded::Key(_) => tracing::info!(controller = %self.cfg.id, "shutdown key loaded"),
+            Loaded::Missing => {
+                tracing::warn!(controller = %self.cfg.id, "no shutdown key: this controller will not elect yes (bootstrap a new system with `gateway ctl quorum bootstrap`)")
+            }
+            Loaded::Corrupt(why) => {
+                tracing::error!(controller = %self.cfg.id, "shutdown key {} is unusable ({why}): this controller will not elect yes", self.store.path().display())
+            }
+        }
+        {
+            let mut v = self.view.lock();
+            v.key = loaded.key().cloned();
+            v.key_store = loaded.describe();
+        }
+        // Failures are logged by `run`; the loop goes on (a later step may succeed).
+        let _ = self.run(&mut policy, &Event::Started { node: self.cfg.id.clone(), role: "controller".into() }).await;
+        let _ = self.run(&mut policy, &Event::KeyLoaded { key: loaded.key().cloned() }).await;
+        let mut tick = tokio::time::interval(TICK);
+        loop {
+            let input = tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => Input::Event(Event::Tick { now_ms: started.elapsed().as_millis() as u64 }),
+                i = rx.recv() => match i { Some(i) => i, None => return },
+            };
+            match input {
+                Input::Event(e) => {
+                    let _ = self.run(&mut policy, &e).await;
+                }
+                Input::Operator(e, reply) => {
+                    let r = self.run(&mut policy, &e).await;
+                    let _ = reply.send(r);
+                }
+            }
+        }
+    }
+
+    /// Feed one event and carry out the actions; a `Refuse` among them is the result.
+    async fn run(&self, policy: &mut ImportedPolicy, event: &Event) -> Result<(), String> {
+        let actions = match policy.on_event(event) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!(controller = %self.cfg.id, "policy: {e}");
+                return Err(format!("the recovery policy failed: {e}"));
+            }
+        };
+        if let Some(Action::Refuse { reason }) = actions.iter().find(|a| matches!(a, Action::Refuse { .. })) {
+            return Err(reason.clone());
+        }
+        for a in actions {
+            if let Err(e) = self.execute(a).await {
+                // A key that is not durable must not be relied on by what follows it.
+                tracing::error!(controller = %self.cfg.id, "{e}; the rest of this step is not carried out");
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    async fn execute(&self, action: Action) -> Result<(), String> {
+        match action {
+            Action::SaveKey { key } => {
+                let store = self.store.clone();
+                let k = key.clone();
+                tokio::task::spawn_blocking(move || store.save(&k))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| format!("saving the shutdown key failed: {e}"))?;
+                let mut v = self.view.lock();
+                v.key = Some(key);
+                v.key_store = "valid".into();
+            }
+            Action::SendToController { to, body } => {
+                for (peer, q) in &self.peer_queues {
+                    if (to == "*" || *peer == to) && q.try_send(body.clone()).is_err() {
+                        tracing::debug!(peer, "controller queue full: message dropped");
+                    }
+                }
+            }
+            Action::GoOnline { target } => {
+                let names = target.split('@').next().unwrap_or_default();
+                for server in names.split('+') {
+                    self.command(server, json!({"command": "go_online", "target": target}));
+                }
+            }
+            Action::GoOffline { target, reason } => {
+                for server in target.split('@').next().unwrap_or_default().split('+') {
+                    self.command(server, json!({"command": "go_offline", "reason": reason}));
+                }
+            }
+            Action::ShutdownServer { server, mode } => {
+                self.command(&server, json!({"command": "shutdown", "mode": mode}));
+            }
+            Action::Report { key, value } if key == "quorum" => self.view.lock().report = value,
+            Action::Log { level, message } => match level.as_str() {
+                "error" => tracing::error!(controller = %self.cfg.id, "{message}"),
+                "warn" => tracing::warn!(controller = %self.cfg.id, "{message}"),
+                "debug" => tracing::debug!(controller = %self.cfg.id, "{message}"),
+                _ => tracing::info!(controller = %self.cfg.id, "{message}"),
+            },
+            Action::Vote { election, candidate, yes } => {
+                tracing::info!(controller = %self.cfg.id, election, candidate, yes, "election")
+            }
+            other => {
+                tracing::warn!(controller = %self.cfg.id, action = %other.to_json(), "action not carried out: a controller has no mechanism for it")
+            }
+        }
+        Ok(())
+    }
+
+    fn command(&self, server: &str, body: Value) {
+        match self.server_queues.lock().get(server) {
+            Some(q) => {
+                let _ = q.send(body);
+            }
+            None => tracing::debug!(server, %body, "server not connected: command not carried out"),
+        }
+    }
+
+    // ----- operator ----------------------------------------------------------------------------
+
+    /// `shutdown`, `return`, `bootstrap` and `quorum-status` from the admin socket.
+    pub async fn admin(&self, command: &str, req: &Value) -> Result<Value, String> {
+        let servers = || -> Vec<String> {
+            match &req["servers"] {
+                Value::String(s) => vec![s.clone()],
+                Value::Array(a) => a.iter().filter_map(|s| s.as_str().map(String::from)).collect(),
+                _ => Vec::new(),
+            }
+        };
+        let from = "operator".to_string();
+        let event = match command {
+            "shutdown" => {
+                let mode = req["mode"].as_str().unwrap_or("normal").to_owned();
+                Event::ShutdownCommand { servers: servers(), mode, from }
+            }
+            "return" => Event::ReturnCommand { servers: servers(), from },
+            "quorum-bootstrap" => Event::Admin { command: "bootstrap".into(), args: json!({}) },
+            "quorum-status" => Event::Admin { command: "status".into(), args: json!({}) },
+            other => return Err(format!("unknown controller command `{other}`")),
+        };
+        let (tx, rx) = oneshot::channel();
+        self.input.send(Input::Operator(event, tx)).map_err(|_| "the controller is stopping".to_string())?;
+        rx.await.map_err(|_| "the controller is stopping".to_string())??;
+        Ok(self.status())
+    }
+
+    pub fn status(&self) -> Value {
+        let v = self.view.lock();
+        let mut out = match &v.report {
+            Value::Object(m) => Value::Object(m.clone()),
+            _ => json!({"outcome": "unknown", "reason": "the policy has not reported yet"}),
+        };
+        out["controller"] = json!(self.cfg.id);
+        out["volume_set"] = json!(self.cfg.volume_set);
+        out["key_store"] = json!(v.key_store);
+        out["saved_key"] = v.key.clone().unwrap_or(Value::Null);
+        out["servers"] = v
+            .servers
+            .iter()
+            .map(|(name, (connected, r))| {
+                let mut s = json!({"connected": connected});
+                if let Value::Object(m) = r {
+                    for (k, val) in m {
+                        s[k] = val.clone();
+                    }
+                }
+                (name.clone(), s)
+            })
+            .collect::<serde_json::Map<_, _>>()
+            .into();
+        out["peers"] = v.peers.iter().map(|(k, up)| (k.clone(), json!(up))).collect::<serde_json::Map<_, _>>().into();
+        out
+    }
+
+    // ----- other controllers -------------------------------------------------------------------
+
+    async fn outbound(self: Arc<Self>, peer: String, mut rx: mpsc::Receiver<Value>, stop: CancellationToken) {
+        let Some(addr) = self.cfg.peers.iter().find(|p| p.id == peer).map(|p| p.address) else { return };
+        let mut logged = String::new();
+        loop {
+            let r = tokio::select! {
+                _ = stop.cancelled() => return,
+                r = self.peer_session(&peer, addr, &mut rx) => r,
+            };
+            let why = match r {
+                Ok(()) => "closed".to_string(),
+                Err(e) => e.to_string(),
+            };
+            if self.view.lock().peers.insert(peer.clone(), false) == Some(true) {
+                tracing::warn!(controller = %self.cfg.id, peer, "controller link down: {why}");
+                self.event(Event::ControllerDown { controller: peer.clone() });
+            } else if why != logged {
+                tracing::debug!(controller = %self.cfg.id, peer, "controller not reachable: {why}");
+            }
+            logged = why;
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(RECONNECT) => {}
+            }
+        }
+    }
+
+    async fn peer_session(
+        &self,
+        peer: &str,
+        addr: std::net::SocketAddr,
+        rx: &mut mpsc::Receiver<Value>,
+    ) -> Result<(), LinkError> {
+        let (mut reader, mut writer) = connect(addr, &self.cfg.id, &self.cfg.volume_set).await?;
+        self.view.lock().peers.insert(peer.to_owned(), true);
+        tracing::info!(controller = %self.cfg.id, peer, "controller link up");
+        self.event(Event::ControllerUp { controller: peer.to_owned() });
+        let mut ping = tokio::time::interval(PING);
+        loop {
+            let body = tokio::select! {
+                m = rx.recv() => match m {
+                    Some(b) => json!({"body": b}),
+                    None => return Ok(()),
+                },
+                _ = ping.tick() => json!({"ping": true}),
+                // The other side pings too: a silent or closed link ends the session.
+                r = reader.next(LINK_TIMEOUT) => { r?; continue; }
+            };
+            link::send(&mut writer, &Message::Request { id: 0, body: body.to_string() }).await?;
+        }
+    }
+
+    /// A connection from another controller: its messages to this one.
+    async fn inbound(&self, stream: TcpStream) -> Result<(), LinkError> {
+        let (r, w) = stream.into_split();
+        let mut reader = FrameReader::new(r);
+        let mut writer = BufWriter::new(w);
+        let from = match reader.next(LINK_TIMEOUT).await? {
+            Message::Hello { node, channel: Channel::Control, .. } if self.peer_queues.contains_key(&node) => node,
+            Message::Hello { node, .. } => {
+                let reason = format!("`{node}` is not a controller this controller ({}) knows", self.cfg.id);
+                let _ = link::send(&mut writer, &Message::Refused { reason: reason.clone() }).await;
+                return Err(LinkError::Refused(reason));
+            }
+            _ => return Err(LinkError::Unexpected("a controller connection must start with a hello")),
+        };
+        link::send(&mut writer, &Message::Welcome { node: self.cfg.id.clone(), generation: 0 }).await?;
+        let mut ping = tokio::time::interval(PING);
+        loop {
+            let msg = tokio::select! {
+                _ = ping.tick() => {
+                    let body = json!({"ping": true}).to_string();
+                    link::send(&mut writer, &Message::Request { id: 0, body }).await?;
+                    continue;
+                }
+                m = reader.next(LINK_TIMEOUT) => m?,
+            };
+            let Message::Request { body, .. } = msg else {
+                return Err(LinkError::Unexpected("frame on a controller link"));
+            };
+            let v: Value = serde_json::from_str(&body).map_err(|_| LinkError::Unexpected("a body that is not JSON"))?;
+            if let Some(b) = v.get("body") {
+                self.event(Event::ControllerMessage { from: from.clone(), body: b.clone() });
+            }
+        }
+    }
+
+    // ----- servers -----------------------------------------------------------------------------
+
+    async fn server_link(self: Arc<Self>, name: String, addr: std::net::SocketAddr, stop: CancellationToken) {
+        let mut logged = String::new();
+        loop {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let r = tokio::select! {
+                _ = stop.cancelled() => return,
+                r = self.server_session(&name, addr, tx, rx) => r,
+            };
+            self.server_queues.lock().remove(&name);
+            let why = match r {
+                Ok(()) => "closed".to_string(),
+                Err(e) => e.to_string(),
+            };
+            let was = {
+                let mut v = self.view.lock();
+                let entry = v.servers.entry(name.clone()).or_insert((false, Value::Null));
+                std::mem::replace(&mut entry.0, false)
+            };
+            if was {
+                tracing::warn!(controller = %self.cfg.id, server = %name, "server connection down: {why}");
+                self.event(Event::PeerDown { peer: name.clone(), reason: why.clone() });
+            } else if why != logged {
+                tracing::debug!(controller = %self.cfg.id, server = %name, "server not reachable: {why}");
+            }
+            logged = why;
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(RECONNECT) => {}
+            }
+        }
+    }
+
+    async fn server_session(
+        &self,
+        name: &str,
+        addr: std::net::SocketAddr,
+        tx: mpsc::UnboundedSender<Value>,
+        mut rx: mpsc::UnboundedReceiver<Value>,
+    ) -> Result<(), LinkError> {
+        let (mut reader, mut writer) = connect(addr, &self.cfg.id, &self.cfg.volume_set).await?;
+        let attach = json!({"op": "quorum-attach", "volume_set": self.cfg.volume_set, "controller": self.cfg.id});
+        link::send(&mut writer, &Message::Request { id: 1, body: attach.to_string() }).await?;
+        match reader.next(LINK_TIMEOUT).await? {
+            Message::Response { body, .. } => {
+                let r: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+                if r["ok"] != true {
+                    return Err(LinkError::Refused(r["error"].as_str().unwrap_or("attach refused").to_owned()));
+                }
+                if r["server"] != name {
+                    return Err(LinkError::Refused(format!(
+                        "{addr} is site {}, but this controller's config says server {name} is there",
+                        r["server"]
+                    )));
+                }
+            }
+            _ => return Err(LinkError::Unexpected("reply to quorum-attach")),
+        }
+        self.view.lock().servers.insert(name.to_owned(), (true, Value::Null));
+        self.server_queues.lock().insert(name.to_owned(), tx);
+        tracing::info!(controller = %self.cfg.id, server = name, "server connected");
+        self.event(Event::PeerUp { peer: name.to_owned() });
+        let mut ping = tokio::time::interval(PING);
+        loop {
+            tokio::select! {
+                cmd = rx.recv() => {
+                    let Some(body) = cmd else { return Ok(()) };
+                    link::send(&mut writer, &Message::Request { id: 0, body: body.to_string() }).await?;
+                }
+                _ = ping.tick() => {
+                    let body = json!({"ping": true}).to_string();
+                    link::send(&mut writer, &Message::Request { id: 0, body }).await?;
+                }
+                m = reader.next(LINK_TIMEOUT) => {
+                    let Message::Request { body, .. } = m? else {
+                        return Err(LinkError::Unexpected("frame on a quorum connection"));
+                    };
+                    let v: Value = serde_json::from_str(&body).map_err(|_| LinkError::Unexpected("a report that is not JSON"))?;
+                    let r = &v["report"];
+                    let (Some(operational), Some(position)) = (r["operational"].as_bool(), r["position"].as_u64()) else {
+                        return Err(LinkError::Unexpected("a report without operational/position"));
+                    };
+                    let copies_pending = r["copies_pending"].as_u64().unwrap_or(0);
+                    self.view.lock().servers.insert(name.to_owned(), (true, r.clone()));
+                    self.event(Event::ServerReport { server: name.to_owned(), operational, position, copies_pending });
+                }
+            }
+        }
+    }
+}
+
+type Reader = FrameReader<tokio::net::tcp::OwnedReadHalf>;
+type Writer = BufWriter<tokio::net::tcp::OwnedWriteHalf>;
+
+/// Connect and say hello on the control channel; `node` is this controller's id.
+async fn connect(addr: std::net::SocketAddr, node: &str, volume_set: &str) -> Result<(Reader, Writer), LinkError> {
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .map_err(|_| LinkError::Refused(format!("{addr}: no answer within {CONNECT_TIMEOUT:?}")))??;
+    let _ = stream.set_nodelay(true);
+    let (r, w) = stream.into_split();
+    let mut reader = FrameReader::new(r);
+    let mut writer = BufWriter::new(w);
+    let hello = Message::Hello {
+        node: node.to_owned(),
+        channel: Channel::Control,
+        volume_set: volume_set.to_owned(),
+        generation: 0,
+    };
+    link::send(&mut writer, &hello).await?;
+    match reader.next(LINK_TIMEOUT).await? {
+        Message::Welcome { .. } => Ok((reader, writer)),
+        Message::Refused { reason } => Err(LinkError::Refused(reason)),
+        _ => Err(LinkError::Unexpected("reply to hello")),
+    }
+}

@@ -1,0 +1,49 @@
+//! Quorum recovery of a server pair (seeds 000 and 001): N **controllers** decide, each from
+//! its own saved shutdown key, whether a server that returned alone may go online, and the
+//! system goes online with it only when more than a threshold of them agree.
+//!
+//! The decisions are the recovery-policy plugin's (`plugins/vtc-quorum`, the same code the
+//! simulator in `sim/` checks); this module is the host around it, at the I/O edge:
+//! * [`controller`]: the `[controller]` role of a gateway process: it runs the policy, keeps
+//!   the key in the [`keystore`], talks to the other controllers and to both servers, and
+//!   takes the operator's `shutdown`/`return`/`quorum status` commands;
+//! * [`agent`]: the servers' side, one per volume set with `recovery = "quorum"`: it holds
+//!   host I/O until a controller places the server online, reports its [`ledger`] position,
+//!   and carries out go-online, go-offline and shutdown commands;
+//! * [`ledger`]: what a position means and how it moves (tracking, seal, epoch records,
+//!   final reports); [`keystore`]: the controller's fsync'd, checksummed key file.
+//!
+//! Wire: every connection uses the replication link's checked frames (`gateway-replication`),
+//! with JSON bodies in `Request` frames: controller to controller on the controller's
+//! `listen` port, controller to server on the server's control port (see [`agent`]).
+
+pub mod agent;
+pub mod controller;
+pub mod keystore;
+pub mod ledger;
+
+/// A shutdown mode (FIG. 4 step 430): how much of the pending copy work is done first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Mode {
+    Normal,
+    Expedite,
+    Immediate,
+    Force,
+}
+
+impl Mode {
+    pub const ALL: [Mode; 4] = [Mode::Normal, Mode::Expedite, Mode::Immediate, Mode::Force];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Normal => "normal",
+            Mode::Expedite => "expedite",
+            Mode::Immediate => "immediate",
+            Mode::Force => "force",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Mode> {
+        Mode::ALL.into_iter().find(|m| m.name() == s)
+    }
+}
