@@ -277,12 +277,24 @@ impl Engine {
     /// The peer wants to send us updates with `generation`: accept if it is entitled to.
     pub async fn accept_primary(&self, set: &Arc<VolumeSet>, generation: u64) -> Result<(), String> {
         let st = set.state();
-        if set.ledger.is_some() && st.held && !st.quorum_join {
-            return Err(format!(
-                "site {} is held offline by the quorum controllers; it joins {} as its secondary when they say so",
-                self.site(),
-                set.cfg.peer_site
-            ));
+        if set.ledger.is_some() {
+            if st.held && !st.quorum_join {
+                return Err(format!(
+                    "site {} is held offline by the quorum controllers; it joins {} as its secondary when they say so",
+                    self.site(),
+                    set.cfg.peer_site
+                ));
+            }
+            if st.quorum_join && st.role == Role::Secondary {
+                // The controllers placed the peer online and this site as its secondary: their
+                // decision, not the generation numbers, says who is production.
+                set.update(|s| {
+                    s.generation = s.generation.max(generation);
+                    s.production = set.cfg.peer_site.clone();
+                });
+                let _ = set.persist(false);
+                return Ok(());
+            }
         }
         match st.role {
             Role::Secondary if generation >= st.generation => {
