@@ -23,6 +23,16 @@ use bytes::Bytes;
 use gateway_backend::{Backend, BackendError, Capabilities, ErrorKind, Extent, ZeroFlags};
 use parking_lot::Mutex;
 
+/// Whether host requests may run now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum HostAccess {
+    Open,
+    /// They wait (e.g. a quorum-managed server not placed online), with the reason.
+    Held(String),
+    /// They fail with the reason (the daemon is stopping while they were held).
+    Refused(String),
+}
+
 /// What a mutation does.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UpdateKind {
@@ -110,7 +120,7 @@ pub struct Volume {
     host_write_block: Mutex<Option<String>>,
     /// Why host I/O of every kind (reads too) waits now, or `None` when it may proceed: a
     /// quorum-managed server holds its volumes until the controllers place it online.
-    host_hold: tokio::sync::watch::Sender<Option<String>>,
+    host_hold: tokio::sync::watch::Sender<HostAccess>,
     /// Host mutations hold this shared from admission until their local I/O is done; a
     /// resync takes it exclusively to read a region consistently with what it has already
     /// queued for the peer (see `gateway::replication`).
@@ -153,7 +163,7 @@ impl Volume {
             call_timeout: None,
             failed: AtomicBool::new(false),
             host_write_block: Mutex::new(None),
-            host_hold: tokio::sync::watch::Sender::new(None),
+            host_hold: tokio::sync::watch::Sender::new(HostAccess::Open),
             gate: tokio::sync::RwLock::new(()),
             in_flight: Mutex::new(Vec::new()),
             in_flight_done: tokio::sync::Notify::new(),
@@ -195,22 +205,42 @@ impl Volume {
 
     /// Hold (or release) every host request, with the reason status shows.
     pub fn hold_host_io(&self, reason: Option<String>) {
-        self.host_hold.send_replace(reason);
+        self.host_hold.send_replace(reason.map_or(HostAccess::Open, HostAccess::Held));
+    }
+
+    /// The daemon is stopping: requests that are held, or would be, fail with `reason`
+    /// instead of waiting for a release that will not come.
+    pub fn refuse_held(&self, reason: &str) {
+        self.host_hold.send_if_modified(|a| match a {
+            HostAccess::Held(_) => {
+                *a = HostAccess::Refused(reason.to_owned());
+                true
+            }
+            _ => false,
+        });
     }
 
     /// Why host requests are held now, if they are.
     pub fn host_io_hold(&self) -> Option<String> {
-        self.host_hold.borrow().clone()
+        match &*self.host_hold.borrow() {
+            HostAccess::Open => None,
+            HostAccess::Held(r) | HostAccess::Refused(r) => Some(r.clone()),
+        }
     }
 
-    /// Wait until host requests may proceed (at once when they are not held).
-    pub async fn host_io_allowed(&self) {
-        if self.host_hold.borrow().is_none() {
-            return;
-        }
+    /// Wait until host requests may proceed (at once when they are not held); an error if
+    /// they are refused instead.
+    pub async fn host_io_allowed(&self) -> Result<()> {
         let mut rx = self.host_hold.subscribe();
-        // The sender lives as long as the volume, so this only ends when released.
-        let _ = rx.wait_for(|r| r.is_none()).await;
+        // The sender lives as long as the volume, so this only ends with a decision.
+        let access = rx.wait_for(|a| !matches!(a, HostAccess::Held(_))).await.map(|a| a.clone());
+        match access {
+            Ok(HostAccess::Open) => Ok(()),
+            Ok(HostAccess::Refused(r)) | Ok(HostAccess::Held(r)) => {
+                Err(BackendError::new(ErrorKind::Shutdown, r).into())
+            }
+            Err(_) => Err(BackendError::new(ErrorKind::Shutdown, "volume closed").into()),
+        }
     }
 
     /// Run `f` while no host mutation is between admission and the end of its local I/O.
@@ -228,7 +258,7 @@ impl Volume {
     /// Requests finish without waiting on anything: the backend never blocks and no
     /// observer holds the acknowledgement (so the server may run them in line).
     pub fn completes_inline(&self) -> bool {
-        !self.caps.blocking && self.observers.is_empty() && self.host_hold.borrow().is_none()
+        !self.caps.blocking && self.observers.is_empty() && matches!(*self.host_hold.borrow(), HostAccess::Open)
     }
 
     /// Whether a timed-out call has failed this export.
@@ -465,6 +495,34 @@ mod tests {
 
     fn volume(rec: Arc<Recorder>) -> Volume {
         Volume::new("v".into(), String::new(), false, Arc::new(MemoryBackend::new(1 << 20))).with_observer(rec)
+    }
+
+    #[tokio::test]
+    async fn held_host_io_waits_for_the_release_or_fails_at_shutdown() {
+        let v = Arc::new(volume(Arc::new(Recorder::default())));
+        assert!(v.host_io_allowed().await.is_ok());
+        v.hold_host_io(Some("offline until placed online".into()));
+        assert!(!v.completes_inline());
+        let waiting = tokio::spawn({
+            let v = v.clone();
+            async move { v.host_io_allowed().await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished(), "a held request must wait");
+        v.hold_host_io(None);
+        assert!(waiting.await.unwrap().is_ok());
+
+        v.hold_host_io(Some("offline".into()));
+        let waiting = tokio::spawn({
+            let v = v.clone();
+            async move { v.host_io_allowed().await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        v.refuse_held("stopping");
+        let e = waiting.await.unwrap().unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Shutdown);
+        assert!(e.to_string().contains("stopping"), "{e}");
+        assert_eq!(v.host_io_hold().as_deref(), Some("stopping"));
     }
 
     #[tokio::test]

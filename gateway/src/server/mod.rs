@@ -99,6 +99,9 @@ pub async fn run(exports: Exports, listen: Listen, shutdown: CancellationToken) 
     tracing::info!(exports = exports.volumes().len(), "gateway ready");
     shutdown.cancelled().await;
     tracing::info!("shutting down: no new connections; finishing in-flight requests");
+    for v in exports.volumes() {
+        v.refuse_held("the gateway is shutting down; this export was held offline");
+    }
     for t in accept_tasks {
         t.abort();
     }

@@ -97,7 +97,9 @@ fn volume_refusal(e: VolumeError) -> Refusal {
 
 /// Execute a checked request and build its reply.
 pub async fn execute(req: RequestHeader, payload: BytesMut, sel: &Selected) -> Bytes {
-    sel.volume.host_io_allowed().await;
+    if let Err(e) = sel.volume.host_io_allowed().await {
+        return error_reply(&req, sel.structured, &volume_refusal(e));
+    }
     let result = match req.command {
         Command::Read => return read(&req, sel).await,
         Command::BlockStatus => block_status(&req, sel).await,
