@@ -259,6 +259,9 @@ impl Engine {
                 self.demote(set, g);
             }
             Ok(_) => {}
+            Err(e) if set.ledger.is_some() => {
+                tracing::warn!(set = set.name(), "peer not reachable at start ({e}); the quorum controllers decide")
+            }
             Err(e) => tracing::warn!(set = set.name(), "peer not reachable at start ({e}); serving as production"),
         }
     }
