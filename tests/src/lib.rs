@@ -406,4 +406,5 @@ pub mod raw {
         }
     }
 }
+pub mod quorum;
 pub mod sites;

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use gateway_replication::frame::{UpdateOp, UPDATE_FLAG_FUA, UPDATE_FLAG_MAY_TRIM};
 use tokio::sync::oneshot;
 
-use super::set::{Flow, Item, Role, VolumeSet};
+use super::set::{Flow, Item, VolumeSet};
 use crate::volume::{Completion, ObserverError, Update, UpdateKind, UpdateObserver};
 
 /// Created before its volume (which needs it at construction), bound to the set after.
@@ -68,7 +68,7 @@ impl UpdateObserver for PeerObserver {
         let Some(set) = self.set.get() else { return unbound() };
         let (tx, rx) = oneshot::channel();
         let st = set.state();
-        if st.role == Role::Primary && st.flow == Flow::Mirroring {
+        if st.sends() && st.flow == Flow::Mirroring {
             // Behind every update queued before it: resolves once the peer made them durable.
             set.enqueue(Item::Flush { done: tx });
         } else {

@@ -29,12 +29,12 @@ pub async fn run(set: Arc<VolumeSet>, events: Events, shutdown: CancellationToke
     let mut changed = set.subscribe();
     loop {
         if shutdown.is_cancelled() {
-            return;
+            break;
         }
         if !set.state().sends() {
             drain(&set, &mut rx);
             tokio::select! {
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => break,
                 _ = changed.changed() => {}
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
@@ -51,7 +51,7 @@ pub async fn run(set: Arc<VolumeSet>, events: Events, shutdown: CancellationToke
                 }
                 drain(&set, &mut rx);
                 tokio::select! {
-                    _ = shutdown.cancelled() => return,
+                    _ = shutdown.cancelled() => break,
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 }
                 continue;
@@ -69,7 +69,7 @@ pub async fn run(set: Arc<VolumeSet>, events: Events, shutdown: CancellationToke
                     events.send(set.name(), "peer_is_production", &reason);
                 }
                 tokio::select! {
-                    _ = shutdown.cancelled() => return,
+                    _ = shutdown.cancelled() => break,
                     _ = tokio::time::sleep(Duration::from_secs(2)) => {}
                 }
                 continue;
@@ -91,9 +91,13 @@ pub async fn run(set: Arc<VolumeSet>, events: Events, shutdown: CancellationToke
         match end {
             End::Deliberate => {
                 // Once this site is the recovery site, `link_up` describes the inbound link.
+                // A production site that stopped sending (held offline) tracks from now on.
                 set.update(|st| {
                     if st.role == Role::Primary {
                         st.link_up = false;
+                        if st.flow == Flow::Mirroring {
+                            st.flow = Flow::Tracking;
+                        }
                     }
                 });
                 for item in take_all(&inflight) {
@@ -108,6 +112,10 @@ pub async fn run(set: Arc<VolumeSet>, events: Events, shutdown: CancellationToke
             }
         }
     }
+    // Stopping: nothing more goes to the peer. What is still queued is tracked and barriers
+    // complete, so a flush at shutdown does not wait for a link that is gone.
+    rx.close();
+    drain(&set, &mut rx);
 }
 
 fn take_all(inflight: &Mutex<Inflight>) -> Vec<Item> {
