@@ -25,6 +25,8 @@
 //!   "online P+S" after force), the returning server resynced as the secondary, never a second
 //!   primary. More data is written through the primary, both servers are shut down cleanly,
 //!   and their image files are identical and hold every pattern.
+//! * `fig4_immediate_leaves_copies_pending`: S killed, P writes alone, both shut down
+//!   `immediate`: S back alone is not current and stays offline; P back: online, S resynced.
 //! * `fig4_one_of_four_controllers_stays_offline`: after a normal shutdown of both, with only
 //!   c1 running, S returned stays "offline" and c1's reason says "1 of 4 controllers elected"
 //!   with "threshold 2"; two more controllers bring S online.
@@ -171,6 +173,44 @@ fn fig4_one_of_four_controllers_stays_offline() -> Result<()> {
     c.return_servers(4, p.name())?;
     c.wait_pair_online_with(s, WAIT)?;
     c.write_pattern(s, 5 * MIB, 12, 512 << 10)?;
+    c.wait_synced(WAIT)?;
+    c.stop_cleanly()?;
+    c.check_images()
+}
+
+/// `immediate` leaves the copies pending: S was killed, P took writes alone (pending towards
+/// S), then both were shut down with `immediate`. S back alone is not current (P's final
+/// position is above S's), so it stays offline with that reason; P's return places P online
+/// and S is resynced from it (the pending copies resumed), images identical.
+#[test]
+fn fig4_immediate_leaves_copies_pending() -> Result<()> {
+    let mut c = Cluster::new(ClusterOptions::default())?;
+    let p = c.wait_pair_online(WAIT)?;
+    let s = p.other();
+    c.write_pattern(p, MIB, 21, 512 << 10)?;
+    c.wait_synced(WAIT)?;
+
+    c.server_kill9(s);
+    c.write_pattern(p, 5 * MIB, 22, 512 << 10)?;
+    c.shutdown(1, "both", "immediate")?;
+    c.wait_server_exit_ok(p, WAIT)?;
+
+    c.server_start(s)?;
+    c.return_servers(2, s.name())?;
+    let v = c.wait_outcome(1, |v| reason(v).contains("not current"), WAIT)?;
+    ensure!(outcome(&v) == "offline", "S went online without P's last writes: {v}\n{}", c.diag());
+    c.expect_stays(
+        &[1, 2, 3, 4],
+        "offline without the pending copies",
+        |v| outcome(v) == "offline",
+        Duration::from_secs(3),
+    )?;
+    let state = c.server_online(s)?;
+    ensure!(state == "offline", "{} is {state} while it lacks acknowledged writes\n{}", s.name(), c.diag());
+
+    c.server_start(p)?;
+    c.return_servers(3, p.name())?;
+    c.wait_pair_online_with(p, WAIT)?;
     c.wait_synced(WAIT)?;
     c.stop_cleanly()?;
     c.check_images()

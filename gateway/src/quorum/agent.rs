@@ -141,11 +141,10 @@ impl Agent {
         })
     }
 
+    /// Hold host I/O and stop sending. A joined secondary stays joined: while the pair shuts
+    /// down with `normal`, the primary still finishes its copies towards it.
     fn hold(&self, reason: String) {
-        self.set.update(|st| {
-            st.held = true;
-            st.quorum_join = false;
-        });
+        self.set.update(|st| st.held = true);
         for v in &self.set.volumes {
             v.hold_host_io(Some(reason.clone()));
         }
