@@ -79,6 +79,9 @@
 //!
 //! # What the host provides
 //!
+//! The production host is the gateway (`gateway/src/quorum`: the controller role, and the
+//! servers' agent and position ledger); the simulator (`sim`) is the other one.
+//!
 //! Events: `Started`, then `KeyLoaded` with the saved key (or none) before anything else;
 //! `Tick { now_ms }` regularly (every 100-500 ms); `ServerReport` on each control connection
 //! when it opens, regularly and on every change, in order per connection, with
