@@ -229,6 +229,9 @@ pub fn status_table(status: &Value) -> String {
                     s(&q["epoch"]),
                     s(&q["last_final"]),
                     s(&q["controllers"]),
+                    q["keys"].as_object().map_or("-".into(), |k| {
+                        k.iter().map(|(c, v)| format!("{c}:{}", s(&v["gen"]))).collect::<Vec<_>>().join(" ")
+                    }),
                     s(&q["shutting_down"]),
                 ]
             })
@@ -236,7 +239,16 @@ pub fn status_table(status: &Value) -> String {
         if !quorum.is_empty() {
             out.push('\n');
             out.push_str(&table(
-                &["QUORUM SET", "ONLINE", "POSITION", "EPOCH", "LAST FINAL", "CONTROLLERS", "SHUTTING DOWN"],
+                &[
+                    "QUORUM SET",
+                    "ONLINE",
+                    "POSITION",
+                    "EPOCH",
+                    "LAST FINAL",
+                    "CONTROLLERS",
+                    "KEY COPIES (gen)",
+                    "SHUTTING DOWN",
+                ],
                 quorum,
             ));
         }

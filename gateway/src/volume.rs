@@ -231,6 +231,9 @@ impl Volume {
     /// Wait until host requests may proceed (at once when they are not held); an error if
     /// they are refused instead.
     pub async fn host_io_allowed(&self) -> Result<()> {
+        if matches!(*self.host_hold.borrow(), HostAccess::Open) {
+            return Ok(());
+        }
         let mut rx = self.host_hold.subscribe();
         // The sender lives as long as the volume, so this only ends with a decision.
         let access = rx.wait_for(|a| !matches!(a, HostAccess::Held(_))).await.map(|a| a.clone());

@@ -8,6 +8,7 @@
 //!   secondary (it accepts P's data link and is resynced from it). Repeats are ignored: the
 //!   controllers re-send the decision in force every second.
 //! * `go_offline`: hold host I/O, stop the data link.
+//! * `save_key`: keep a copy of the controller's shutdown key ([`KeyCopies`]).
 //! * `shutdown` with a mode: `normal` finishes the copies pending between the pair first
 //!   (the primary resyncs what the peer lacks and hands it its sealed position; a secondary
 //!   waits for that), `expedite` the same with a four times wider resync window, both up to a
@@ -35,6 +36,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use super::keycopies::KeyCopies;
 use super::ledger::{LedgerFile, Promotion};
 use super::Mode;
 use crate::replication::control;
@@ -49,6 +51,7 @@ pub struct Agent {
     engine: Arc<Engine>,
     set: Arc<VolumeSet>,
     ledger: Arc<LedgerFile>,
+    keys: Arc<KeyCopies>,
     stop: CancellationToken,
     shutting: Mutex<Option<Mode>>,
     /// Bumped on every change a report shows.
@@ -75,10 +78,12 @@ impl Agent {
         ledger: Arc<LedgerFile>,
         stop: CancellationToken,
     ) -> Arc<Agent> {
+        let keys_dir = ledger.path().with_file_name(format!("{}.keys", set.name()));
         let agent = Arc::new(Agent {
             engine,
             set,
             ledger,
+            keys: Arc::new(KeyCopies::open(keys_dir)),
             stop,
             shutting: Mutex::new(None),
             changed: watch::Sender::new(0),
@@ -138,6 +143,7 @@ impl Agent {
             "shutting_down": self.shutting.lock().map(|m| m.name()),
             "held": self.set.volumes.first().and_then(|v| v.host_io_hold()),
             "controllers": self.sessions.load(Ordering::Relaxed),
+            "keys": self.keys.summary(),
         })
     }
 
@@ -171,6 +177,14 @@ impl Agent {
                 }
                 None => Err(format!("unknown shutdown mode {}", body["mode"])),
             },
+            Some("save_key") => {
+                let keys = self.keys.clone();
+                let (who, key) = (from.to_owned(), body["key"].clone());
+                tokio::task::spawn_blocking(move || keys.save(&who, &key))
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.map(|_| ()))
+            }
             _ if body.get("ping").is_some() => Ok(()),
             _ => Err(format!("unknown command {body}")),
         };

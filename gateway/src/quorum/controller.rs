@@ -216,6 +216,10 @@ impl Controller {
                     .await
                     .map_err(|e| e.to_string())?
                     .map_err(|e| format!("saving the shutdown key failed: {e}"))?;
+                // Step 420: the key is saved in each controller and in each operational server.
+                for server in self.server_queues.lock().values() {
+                    let _ = server.send(json!({"command": "save_key", "key": key}));
+                }
                 let mut v = self.view.lock();
                 v.key = Some(key);
                 v.key_store = "valid".into();
@@ -471,6 +475,9 @@ impl Controller {
             _ => return Err(LinkError::Unexpected("reply to quorum-attach")),
         }
         self.view.lock().servers.insert(name.to_owned(), (true, Value::Null));
+        if let Some(key) = self.view.lock().key.clone() {
+            let _ = tx.send(json!({"command": "save_key", "key": key}));
+        }
         self.server_queues.lock().insert(name.to_owned(), tx);
         tracing::info!(controller = %self.cfg.id, server = name, "server connected");
         self.event(Event::PeerUp { peer: name.to_owned() });

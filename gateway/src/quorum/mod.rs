@@ -11,7 +11,8 @@
 //!   host I/O until a controller places the server online, reports its [`ledger`] position,
 //!   and carries out go-online, go-offline and shutdown commands;
 //! * [`ledger`]: what a position means and how it moves (tracking, seal, epoch records,
-//!   final reports); [`keystore`]: the controller's fsync'd, checksummed key file.
+//!   final reports); [`keystore`]: the controller's fsync'd, checksummed key file;
+//!   [`keycopies`]: the copies of every controller's key a server keeps.
 //!
 //! Wire: every connection uses the replication link's checked frames (`gateway-replication`),
 //! with JSON bodies in `Request` frames: controller to controller on the controller's
@@ -19,6 +20,7 @@
 
 pub mod agent;
 pub mod controller;
+pub mod keycopies;
 pub mod keystore;
 pub mod ledger;
 
