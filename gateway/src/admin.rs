@@ -163,11 +163,7 @@ pub fn status_table(status: &Value) -> String {
         }
         t
     };
-    let s = |v: &Value| match v {
-        Value::String(s) => s.clone(),
-        Value::Null => "-".into(),
-        other => other.to_string(),
-    };
+    let s = cell;
     let exports: Vec<Vec<String>> = status["exports"]
         .as_array()
         .map(|a| {
@@ -263,11 +259,7 @@ pub fn status_table(status: &Value) -> String {
 /// A controller's `quorum-status` answer for people: the outcome and why, the servers as this
 /// controller sees them, each controller's link and election, and the saved key.
 pub fn quorum_table(q: &Value) -> String {
-    let s = |v: &Value| match v {
-        Value::String(s) => s.clone(),
-        Value::Null => "-".into(),
-        other => other.to_string(),
-    };
+    let s = cell;
     let key = &q["saved_key"];
     let mut out = format!(
         "controller {} (volume set {}): {}\nreason: {}\nthreshold: more than {} of {} controllers must elect\nkey: {} (generation {}, last shutdown mode {}, held: {})\n\n",
@@ -321,6 +313,15 @@ pub fn quorum_table(q: &Value) -> String {
         out.push_str(&format!("{:<12} {:<6} {}\n", n, link, s(&q["elections"][&n])));
     }
     out
+}
+
+/// A JSON value as a table cell: strings bare, null as `-`.
+fn cell(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
 }
 
 fn bytes(n: u64) -> String {

@@ -24,7 +24,7 @@ pub mod policy;
 pub use backend::{BackendPlugin, Filter, Next};
 pub use component::{BackupComponent, Completion, Update, UpdateKind};
 pub use gateway_backend::{Backend, BackendError, Capabilities, ErrorKind, Extent, ZeroFlags};
-pub use policy::{Action, Event, RecoveryPolicy};
+pub use policy::{Action, Event, RecoveryPolicy, ShutdownMode};
 pub use serde_json;
 
 use abi::*;

@@ -180,6 +180,39 @@ pub enum Action {
     Unknown(serde_json::Value),
 }
 
+/// A shutdown mode (seed 000, FIG. 4 step 430), as carried in `ShutdownCommand`,
+/// `ShutdownServer` and `Stopping`: how much of the pending copy work is done before a server
+/// goes out of operation. Ordered from the gentlest to the most abrupt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ShutdownMode {
+    /// Finish the pending copies first.
+    Normal,
+    /// Finish them first, with raised priority or bandwidth.
+    Expedite,
+    /// Go offline now; the copies stay pending (tracked, resumed later).
+    Immediate,
+    /// Go offline now, doing nothing more.
+    Force,
+}
+
+impl ShutdownMode {
+    pub const ALL: [ShutdownMode; 4] =
+        [ShutdownMode::Normal, ShutdownMode::Expedite, ShutdownMode::Immediate, ShutdownMode::Force];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ShutdownMode::Normal => "normal",
+            ShutdownMode::Expedite => "expedite",
+            ShutdownMode::Immediate => "immediate",
+            ShutdownMode::Force => "force",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ShutdownMode> {
+        ShutdownMode::ALL.into_iter().find(|m| m.name() == s)
+    }
+}
+
 impl Event {
     /// Parse an event, keeping unknown types as [`Event::Unknown`] instead of failing.
     pub fn from_json(text: &str) -> Result<Event, String> {

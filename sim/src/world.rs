@@ -63,30 +63,7 @@ pub enum Role {
     Secondary,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Mode {
-    Normal,
-    Expedite,
-    Immediate,
-    Force,
-}
-
-impl Mode {
-    pub const ALL: [Mode; 4] = [Mode::Normal, Mode::Expedite, Mode::Immediate, Mode::Force];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Mode::Normal => "normal",
-            Mode::Expedite => "expedite",
-            Mode::Immediate => "immediate",
-            Mode::Force => "force",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Mode> {
-        Mode::ALL.into_iter().find(|m| m.name() == s)
-    }
-}
+pub use gateway_sdk::ShutdownMode as Mode;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Drain {

@@ -24,28 +24,4 @@ pub mod keycopies;
 pub mod keystore;
 pub mod ledger;
 
-/// A shutdown mode (FIG. 4 step 430): how much of the pending copy work is done first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Mode {
-    Normal,
-    Expedite,
-    Immediate,
-    Force,
-}
-
-impl Mode {
-    pub const ALL: [Mode; 4] = [Mode::Normal, Mode::Expedite, Mode::Immediate, Mode::Force];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Mode::Normal => "normal",
-            Mode::Expedite => "expedite",
-            Mode::Immediate => "immediate",
-            Mode::Force => "force",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Mode> {
-        Mode::ALL.into_iter().find(|m| m.name() == s)
-    }
-}
+pub use gateway_sdk::ShutdownMode as Mode;

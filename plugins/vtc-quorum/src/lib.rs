@@ -115,7 +115,7 @@ use gateway_sdk::{Action, Event, Host, RecoveryPolicy};
 
 pub use config::{Break, Config, ReportBy, Threshold};
 pub use key::{Key, Value};
-pub use machine::{Machine, ServerView, MODES};
+pub use machine::{Machine, ServerView};
 
 /// The plugin: the machine behind the recovery-policy ABI.
 pub struct Plugin {

@@ -9,8 +9,6 @@ use crate::config::{Break, Config, ReportBy};
 use crate::key::{Claim, Command, Eid, Hold, Key, Outcome, Resolved, Value};
 use crate::msg::{Envelope, Msg, QueryState, MSG_VERSION};
 
-pub const MODES: [&str; 4] = ["normal", "expedite", "immediate", "force"];
-
 /// An unchanged key exchange is sent again every this many exchange periods.
 const EXCHANGE_REPEAT: u32 = 4;
 
@@ -439,7 +437,7 @@ impl Machine {
             Ok(s) => s,
             Err(e) => return self.out.push(Action::Refuse { reason: format!("shutdown: {e}") }),
         };
-        if !MODES.contains(&mode) {
+        if gateway_sdk::ShutdownMode::parse(mode).is_none() {
             let reason = format!("shutdown: unknown mode {mode:?} (normal, expedite, immediate, force)");
             return self.out.push(Action::Refuse { reason });
         }

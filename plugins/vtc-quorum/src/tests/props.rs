@@ -112,9 +112,11 @@ fn event(input: &Input, now: &mut u64) -> Option<Event> {
         Input::ServerLink { s, up: false } => Event::PeerDown { peer: SERVERS[*s].into(), reason: "cut".into() },
         Input::PeerLink { p, up: true } => Event::ControllerUp { controller: PEERS[*p].into() },
         Input::PeerLink { p, up: false } => Event::ControllerDown { controller: PEERS[*p].into() },
-        Input::Shutdown { servers: s, mode } => {
-            Event::ShutdownCommand { servers: servers(*s), mode: crate::MODES[*mode].into(), from: "operator".into() }
-        }
+        Input::Shutdown { servers: s, mode } => Event::ShutdownCommand {
+            servers: servers(*s),
+            mode: gateway_sdk::ShutdownMode::ALL[*mode].name().into(),
+            from: "operator".into(),
+        },
         Input::Return { servers: s } => Event::ReturnCommand { servers: servers(*s), from: "operator".into() },
         Input::Message { from, body } => Event::ControllerMessage { from: PEERS[*from].into(), body: body.clone() },
         Input::Restart { .. } => return None,
