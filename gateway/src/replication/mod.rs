@@ -475,6 +475,13 @@ impl Engine {
         let set = self
             .set(&name)
             .ok_or_else(|| format!("unknown volume set `{name}` (this site has: {})", self.set_names()))?;
+        if set.ledger.is_some()
+            && matches!(command, "swap" | "failover" | "failback" | "recover" | "online" | "offline")
+        {
+            return Err(format!(
+                "{command} {name}: the volume set is quorum-managed (recovery = \"quorum\"): the controllers decide which site is online; use `gateway ctl shutdown`/`return` on a controller"
+            ));
+        }
         let pump = self.pump.lock().await;
         self.drain().await;
         let actions = {
