@@ -296,7 +296,22 @@ pub fn quorum_table(q: &Value) -> String {
     }
     out.push_str(&t);
     out.push('\n');
-    out.push_str(&format!("{:<12} {:<6} {}\n", "CONTROLLER", "LINK", "ELECTION"));
+    // Every controller's saved key, as the copies the servers hold show it (the newest).
+    let mut copies: std::collections::BTreeMap<String, &Value> = Default::default();
+    if let Some(servers) = q["servers"].as_object() {
+        for v in servers.values() {
+            for (c, k) in v["keys"].as_object().into_iter().flatten() {
+                let newer = copies.get(c).is_none_or(|old| old["gen"].as_u64() < k["gen"].as_u64());
+                if newer {
+                    copies.insert(c.clone(), k);
+                }
+            }
+        }
+    }
+    out.push_str(&format!(
+        "{:<12} {:<6} {:<32} {:<11} {}\n",
+        "CONTROLLER", "LINK", "ELECTION", "KEY GEN", "KEY MODE / OUTCOME"
+    ));
     let me = s(&q["controller"]);
     let mut names: Vec<String> = vec![me.clone()];
     if let Some(p) = q["peers"].as_object() {
@@ -310,9 +325,25 @@ pub fn quorum_table(q: &Value) -> String {
         } else {
             "down".into()
         };
-        out.push_str(&format!("{:<12} {:<6} {}\n", n, link, s(&q["elections"][&n])));
+        let (gen, rest) = match copies.get(&n) {
+            Some(k) => (s(&k["gen"]), format!("{} / {}", s(&k["mode"]), outcome_text(&k["outcome"]))),
+            None => ("-".into(), "-".into()),
+        };
+        out.push_str(&format!("{:<12} {:<6} {:<32} {:<11} {}\n", n, link, s(&q["elections"][&n]), gen, rest));
     }
     out
+}
+
+/// A passed election as a key records it: `A+B@0 (3 of 4 yes)`.
+fn outcome_text(o: &Value) -> String {
+    let v = &o["value"];
+    match v["primary"].as_str() {
+        None => "-".into(),
+        Some(p) => {
+            let s = v["secondary"].as_str().map(|s| format!("+{s}")).unwrap_or_default();
+            format!("{p}{s}@{} ({} of {} yes)", cell(&v["position"]), cell(&o["yes"]), cell(&o["of"]))
+        }
+    }
 }
 
 /// A JSON value as a table cell: strings bare, null as `-`.

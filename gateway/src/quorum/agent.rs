@@ -131,7 +131,7 @@ impl Agent {
         };
         json!({"report": {
             "server": self.engine.site(), "operational": operational, "position": position,
-            "copies_pending": pending, "online": self.online(),
+            "copies_pending": pending, "online": self.online(), "keys": self.keys.summary(),
         }})
     }
 
