@@ -267,12 +267,14 @@ impl Agent {
         Ok(())
     }
 
-    /// `P+S` at P: once S's data link is up, resync it. After a takeover the replication
-    /// policy waits for the operator's `join-cleanup` (PPRC); here the controllers' decision is
-    /// that command. Other states resync by themselves (`auto_resync`).
+    /// `P+S` at P, and a primary finishing its copies at shutdown: once the data link to the
+    /// secondary is up, resync what it lacks. After a takeover the replication policy waits
+    /// for an operator's command (PPRC `join-cleanup`); here the controllers' decision is that
+    /// command. (With `auto_resync`, other states resync by themselves; asking again is a
+    /// no-op then.)
     fn resync_secondary(self: &Arc<Self>) {
         let st = self.set.state();
-        if !(st.sends() && st.link_up && st.resync.is_none() && st.logical == "RecoverySite-ForceSwap") {
+        if !(st.sends() && st.link_up && st.resync.is_none() && st.flow != Flow::Mirroring) {
             return;
         }
         if self.joining.swap(true, Ordering::AcqRel) {
@@ -281,8 +283,8 @@ impl Agent {
         let me = self.clone();
         tokio::spawn(async move {
             let args = json!({"volume_set": me.set.name()});
-            if let Err(e) = me.engine.command("join-cleanup", args).await {
-                tracing::warn!(set = me.set.name(), "resync of the returned secondary did not start: {e}");
+            if let Err(e) = me.engine.command("resync", args).await {
+                tracing::info!(set = me.set.name(), "resync of the secondary did not start: {e}");
             }
             me.joining.store(false, Ordering::Release);
         });
@@ -331,6 +333,7 @@ impl Agent {
             if matches!(mode, Mode::Immediate | Mode::Force) {
                 break;
             }
+            self.resync_secondary();
             if self.copies_done().await {
                 tracing::info!(set = self.set.name(), "pending copies finished");
                 break;

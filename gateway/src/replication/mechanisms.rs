@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::set::{Flow, Item, Role, VolumeSet};
+use super::set::{Flow, Item, Progress, Role, VolumeSet};
 use super::{control, resync, Engine, Events};
 
 impl Engine {
@@ -53,10 +53,22 @@ impl Engine {
                 if !st.link_up {
                     return Err(format!("resync of {name}: the data link to {} is down", set.cfg.peer_site));
                 }
-                if st.resync.is_some() {
+                // Claim the resync before the first await: a policy's automatic resync and a
+                // command may ask at the same moment, and only one copier may run.
+                let claimed = set.update(|s| {
+                    let free = s.resync.is_none();
+                    if free {
+                        s.resync = Some(Progress { total_bytes: 0, done_bytes: 0, started: None });
+                    }
+                    free
+                });
+                if !claimed {
                     return Ok(());
                 }
-                self.fetch_peer_bitmaps(&set).await?;
+                if let Err(e) = self.fetch_peer_bitmaps(&set).await {
+                    set.update(|s| s.resync = None);
+                    return Err(e);
+                }
                 set.update(|s| s.flow = Flow::Mirroring);
                 tokio::spawn(resync::run(set.clone(), self.events.clone()));
                 Ok(())
