@@ -29,23 +29,24 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use gateway_replication::frame::Message;
 use parking_lot::Mutex;
 use serde_json::{json, Value};
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::keycopies::KeyCopies;
 use super::ledger::{LedgerFile, Promotion};
 use super::Mode;
 use crate::replication::control;
-use crate::replication::link::{self, FrameReader, LinkError, LINK_TIMEOUT};
 use crate::replication::set::{Flow, Role, VolumeSet};
 use crate::replication::Engine;
 
 /// How long a `normal` or `expedite` shutdown may spend finishing copies.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(60);
+
+mod session;
+
+pub use session::attach;
 
 pub struct Agent {
     engine: Arc<Engine>,
@@ -482,129 +483,4 @@ impl Agent {
             }
         }
     }
-
-    // ----- controller connections ------------------------------------------------------------
-
-    async fn session<R, W>(
-        self: Arc<Self>,
-        controller: String,
-        reader: FrameReader<R>,
-        mut writer: W,
-    ) -> Result<(), LinkError>
-    where
-        R: AsyncRead + Unpin + Send + 'static,
-        W: AsyncWrite + Unpin,
-    {
-        let (tx, mut commands) = mpsc::channel::<Value>(64);
-        let reader_task = tokio::spawn(read_bodies(reader, tx));
-        self.sessions.fetch_add(1, Ordering::AcqRel);
-        let result = self.session_loop(&controller, &mut commands, &mut writer).await;
-        self.sessions.fetch_sub(1, Ordering::AcqRel);
-        reader_task.abort();
-        result
-    }
-
-    async fn session_loop<W: AsyncWrite + Unpin>(
-        self: &Arc<Self>,
-        controller: &str,
-        commands: &mut mpsc::Receiver<Value>,
-        writer: &mut W,
-    ) -> Result<(), LinkError> {
-        let send = |body: Value| Message::Request { id: 0, body: body.to_string() };
-        let l = self.ledger.get();
-        if let Some(f) = l.last_final {
-            // Not promoted since the last graceful stop: that final report comes first.
-            link::send(writer, &send(self.report(false, f))).await?;
-        }
-        let mut last = self.report(true, l.position);
-        link::send(writer, &send(last.clone())).await?;
-        let mut changed = self.changed.subscribe();
-        let mut set_changed = self.set.subscribe();
-        let mut fin = self.final_report.subscribe();
-        let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            tokio::select! {
-                body = commands.recv() => match body {
-                    Some(b) => self.command(controller, &b).await,
-                    None => return Ok(()),
-                },
-                _ = fin.changed() => {
-                    let report = fin.borrow().clone();
-                    if let Some(r) = report {
-                        link::send(writer, &send(r)).await?;
-                        self.finals_sent.fetch_add(1, Ordering::AcqRel);
-                        return Ok(());
-                    }
-                }
-                _ = changed.changed() => {}
-                _ = set_changed.changed() => {}
-                _ = heartbeat.tick() => {
-                    last = Value::Null;
-                }
-            }
-            if fin.borrow().is_some() {
-                continue;
-            }
-            let now = self.report(true, self.ledger.get().position);
-            if now != last {
-                link::send(writer, &send(now.clone())).await?;
-                last = now;
-            }
-        }
-    }
-}
-
-async fn read_bodies<R: AsyncRead + Unpin>(mut reader: FrameReader<R>, tx: mpsc::Sender<Value>) {
-    loop {
-        match reader.next(LINK_TIMEOUT).await {
-            Ok(Message::Request { body, .. }) => match serde_json::from_str(&body) {
-                Ok(v) => {
-                    if tx.send(v).await.is_err() {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!("quorum connection: a frame that is not JSON ({e}); closing");
-                    return;
-                }
-            },
-            Ok(_) => {
-                tracing::warn!("quorum connection: unexpected frame; closing");
-                return;
-            }
-            Err(LinkError::Closed) => return,
-            Err(e) => {
-                tracing::info!("quorum connection ended: {e}");
-                return;
-            }
-        }
-    }
-}
-
-/// A controller attached on the control port (`{"op": "quorum-attach"}`, request `id`).
-pub async fn attach<R, W>(
-    engine: &Arc<Engine>,
-    controller: &str,
-    id: u64,
-    req: Value,
-    reader: FrameReader<R>,
-    mut writer: W,
-) -> Result<(), LinkError>
-where
-    R: AsyncRead + Unpin + Send + 'static,
-    W: AsyncWrite + Unpin,
-{
-    let name = req["volume_set"].as_str().unwrap_or_default();
-    let Some(agent) = engine.agent(name) else {
-        let error = format!("volume set `{name}` is not quorum-managed at site {}", engine.site());
-        let body = json!({"ok": false, "error": error}).to_string();
-        link::send(&mut writer, &Message::Response { id, body }).await?;
-        return Err(LinkError::Refused(error));
-    };
-    let body = json!({"ok": true, "server": engine.site()}).to_string();
-    link::send(&mut writer, &Message::Response { id, body }).await?;
-    tracing::info!(set = name, controller, "quorum controller attached");
-    let r = agent.session(controller.to_owned(), reader, writer).await;
-    tracing::info!(set = name, controller, "quorum controller detached");
-    r
 }
