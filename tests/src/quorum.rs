@@ -190,6 +190,29 @@ impl Daemon {
     pub fn socket(&self) -> PathBuf {
         self.dir.join("admin.sock")
     }
+
+    /// The config file (`<dir>/gateway.toml`).
+    pub fn config_path(&self) -> &Path {
+        &self.config
+    }
+
+    /// Replace the config file's text; the next [`Daemon::spawn`] reads it.
+    pub fn write_config(&self, text: &str) -> Result<()> {
+        std::fs::write(&self.config, text).with_context(|| format!("writing {}", self.config.display()))
+    }
+
+    /// Send signal `sig` (a `kill` name: "STOP", "CONT", "TERM"...) to the running process.
+    pub fn signal(&mut self, sig: &str) -> Result<()> {
+        ensure!(self.alive(), "{} is not running (signal {sig})", self.name);
+        let pid = self.pid().context("no pid")?;
+        let st = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(pid.to_string())
+            .status()
+            .with_context(|| format!("kill -{sig} {pid}"))?;
+        ensure!(st.success(), "kill -{sig} {pid} ({}) failed: {st}", self.name);
+        Ok(())
+    }
 }
 
 impl Drop for Daemon {
@@ -547,6 +570,33 @@ impl Cluster {
         i.checked_sub(1).and_then(|k| self.controllers.get_mut(k)).ok_or_else(|| anyhow!("no controller {i}"))
     }
 
+    /// What controller `i`'s config says (its listen port, peers, servers...).
+    pub fn controller_spec(&self, i: usize) -> Result<&ControllerSpec> {
+        Ok(&self.ctrl(i)?.spec)
+    }
+
+    /// Change controller `i`'s config (`edit` gets its spec, or replaces the generated text by
+    /// returning `Some`); written at once, read at its next start.
+    pub fn edit_controller(
+        &mut self,
+        i: usize,
+        edit: impl FnOnce(&mut ControllerSpec) -> Option<String>,
+    ) -> Result<()> {
+        let c = self.ctrl_mut(i)?;
+        let text = edit(&mut c.spec).unwrap_or_else(|| c.spec.toml());
+        c.daemon.write_config(&text)
+    }
+
+    /// Controller `i`'s listen address (where the other controllers connect).
+    pub fn controller_addr(&self, i: usize) -> Result<String> {
+        Ok(format!("127.0.0.1:{}", self.ctrl(i)?.spec.listen))
+    }
+
+    /// Server `s`'s control address (`[node] control_listen`).
+    pub fn control_addr(&self, s: Site) -> String {
+        format!("127.0.0.1:{}", self.server_ref(s).ports.control)
+    }
+
     pub fn controller_count(&self) -> usize {
         self.controllers.len()
     }
@@ -625,6 +675,33 @@ impl Cluster {
         find_set_quorum(&st)
             .cloned()
             .with_context(|| format!("no `quorum` for {SET} in the status of {}: {st}", s.name()))
+    }
+
+    /// Poll a server's `quorum` object of `vs1` every 200 ms until `pred` holds; fails after
+    /// `timeout` (saying `what` was awaited) with the last one and [`Cluster::diag`].
+    pub fn wait_server_quorum(
+        &self,
+        s: Site,
+        what: &str,
+        pred: impl Fn(&Value) -> bool,
+        timeout: Duration,
+    ) -> Result<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let last = match self.server_quorum(s) {
+                Ok(q) if pred(&q) => return Ok(q),
+                Ok(q) => q.to_string(),
+                Err(e) => format!("{e:#}"),
+            };
+            if Instant::now() > deadline {
+                bail!(
+                    "server {}: not {what} after {timeout:?} (last quorum status: {last})\n{}",
+                    s.name(),
+                    self.diag()
+                );
+            }
+            std::thread::sleep(POLL);
+        }
     }
 
     /// A server's `quorum.online` for `vs1`: "primary", "secondary" or "offline".
@@ -716,6 +793,13 @@ impl Cluster {
     pub fn controller_kill9(&mut self, i: usize) -> Result<()> {
         self.ctrl_mut(i)?.daemon.kill9();
         Ok(())
+    }
+
+    /// Send signal `sig` ("STOP", "CONT"...) to controller `i`'s process. A stopped controller
+    /// answers nothing: wait with [`Cluster::wait_outcome_at`] on the others, not with
+    /// [`Cluster::wait_outcome_all`].
+    pub fn controller_signal(&mut self, i: usize, sig: &str) -> Result<()> {
+        self.ctrl_mut(i)?.daemon.signal(sig)
     }
 
     pub fn controller_alive(&mut self, i: usize) -> bool {
@@ -814,6 +898,23 @@ impl Cluster {
         let deadline = Instant::now() + timeout;
         let mut out = Vec::new();
         for i in self.running_controllers() {
+            let left = deadline.saturating_duration_since(Instant::now()).max(POLL);
+            out.push(self.wait_outcome(i, &pred, left)?);
+        }
+        Ok(out)
+    }
+
+    /// [`Cluster::wait_outcome`] at each controller of `which` (one after the other, all within
+    /// `timeout`); their statuses.
+    pub fn wait_outcome_at(
+        &self,
+        which: &[usize],
+        pred: impl Fn(&Value) -> bool,
+        timeout: Duration,
+    ) -> Result<Vec<Value>> {
+        let deadline = Instant::now() + timeout;
+        let mut out = Vec::new();
+        for &i in which {
             let left = deadline.saturating_duration_since(Instant::now()).max(POLL);
             out.push(self.wait_outcome(i, &pred, left)?);
         }

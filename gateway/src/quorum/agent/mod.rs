@@ -63,7 +63,8 @@ pub struct Agent {
     peer_position: AtomicU64,
     /// The sealed position the peer last adopted (+1; 0: none since start).
     peer_adopted: AtomicU64,
-    sessions: AtomicUsize,
+    /// The controllers attached now (one entry per connection).
+    attached: Mutex<Vec<String>>,
     finals_sent: AtomicUsize,
     last_refusal: Mutex<String>,
     /// Several controllers send the same decision at once: one promotion at a time.
@@ -91,7 +92,7 @@ impl Agent {
             final_report: watch::Sender::new(None),
             peer_position: AtomicU64::new(0),
             peer_adopted: AtomicU64::new(0),
-            sessions: AtomicUsize::new(0),
+            attached: Mutex::new(Vec::new()),
             finals_sent: AtomicUsize::new(0),
             last_refusal: Mutex::new(String::new()),
             promoting: tokio::sync::Mutex::new(()),
@@ -143,7 +144,7 @@ impl Agent {
             "peer_position": self.peer_position.load(Ordering::Relaxed),
             "shutting_down": self.shutting.lock().map(|m| m.name()),
             "held": self.set.volumes.first().and_then(|v| v.host_io_hold()),
-            "controllers": self.sessions.load(Ordering::Relaxed),
+            "controllers": self.attached.lock().len(),
             "keys": self.keys.summary(),
         })
     }
@@ -401,7 +402,17 @@ impl Agent {
         // Give the open controller connections a moment to carry it; it is sent again on
         // every connection after the restart anyway.
         for _ in 0..20 {
-            if self.finals_sent.load(Ordering::Acquire) >= self.sessions.load(Ordering::Acquire) {
+            if self.finals_sent.load(Ordering::Acquire) >= self.attached.lock().len() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // The controllers save their keys as they learn of the shutdown (the one given the
+        // command broadcasts it): keep the connections a moment for those copies.
+        let mode = self.shutting.lock().map(|m| m.name());
+        for _ in 0..40 {
+            let keys = self.keys.summary();
+            if self.attached.lock().iter().all(|c| keys[c]["mode"].as_str() == mode) {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -27,9 +27,14 @@ impl Agent {
     {
         let (tx, mut commands) = mpsc::channel::<Value>(64);
         let reader_task = tokio::spawn(read_bodies(reader, tx));
-        self.sessions.fetch_add(1, Ordering::AcqRel);
+        self.attached.lock().push(controller.clone());
         let result = self.session_loop(&controller, &mut commands, &mut writer).await;
-        self.sessions.fetch_sub(1, Ordering::AcqRel);
+        {
+            let mut a = self.attached.lock();
+            if let Some(i) = a.iter().position(|c| *c == controller) {
+                a.swap_remove(i);
+            }
+        }
         reader_task.abort();
         result
     }
@@ -61,9 +66,10 @@ impl Agent {
                 _ = fin.changed() => {
                     let report = fin.borrow().clone();
                     if let Some(r) = report {
+                        // The last report; commands (key copies) are still taken until the
+                        // daemon stops.
                         link::send(writer, &send(r)).await?;
                         self.finals_sent.fetch_add(1, Ordering::AcqRel);
-                        return Ok(());
                     }
                 }
                 _ = changed.changed() => {}

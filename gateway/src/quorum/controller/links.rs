@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{Controller, PING, RECONNECT};
+use super::{Controller, PING, RECONNECT, REFUSED_PAUSE};
 use crate::replication::link::{self, FrameReader, LinkError, CONNECT_TIMEOUT, LINK_TIMEOUT};
 
 impl Controller {
@@ -31,6 +31,7 @@ impl Controller {
                 _ = stop.cancelled() => return,
                 r = self.peer_session(&peer, addr, &mut rx) => r,
             };
+            let refused = matches!(r, Err(LinkError::Refused(_)));
             let why = match r {
                 Ok(()) => "closed".to_string(),
                 Err(e) => e.to_string(),
@@ -38,13 +39,16 @@ impl Controller {
             if self.view.lock().peers.insert(peer.clone(), false) == Some(true) {
                 tracing::warn!(controller = %self.cfg.id, peer, "controller link down: {why}");
                 self.event(Event::ControllerDown { controller: peer.clone() });
+            } else if why != logged && refused {
+                tracing::warn!(controller = %self.cfg.id, peer, "controller refused the link: {why}");
             } else if why != logged {
                 tracing::debug!(controller = %self.cfg.id, peer, "controller not reachable: {why}");
             }
             logged = why;
+            let pause = if refused { REFUSED_PAUSE } else { RECONNECT };
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(RECONNECT) => {}
+                _ = tokio::time::sleep(pause) => {}
             }
         }
     }
@@ -125,6 +129,7 @@ impl Controller {
                 r = self.server_session(&name, addr, tx, rx) => r,
             };
             self.server_queues.lock().remove(&name);
+            let refused = matches!(r, Err(LinkError::Refused(_)));
             let why = match r {
                 Ok(()) => "closed".to_string(),
                 Err(e) => e.to_string(),
@@ -132,18 +137,26 @@ impl Controller {
             let was = {
                 let mut v = self.view.lock();
                 let entry = v.servers.entry(name.clone()).or_insert((false, Value::Null));
+                if !entry.1.is_object() {
+                    entry.1 = json!({});
+                }
+                entry.1["last_error"] = json!(why);
                 std::mem::replace(&mut entry.0, false)
             };
             if was {
                 tracing::warn!(controller = %self.cfg.id, server = %name, "server connection down: {why}");
                 self.event(Event::PeerDown { peer: name.clone(), reason: why.clone() });
+            } else if why != logged && refused {
+                // A configuration problem (wrong address, set not quorum-managed): say so.
+                tracing::warn!(controller = %self.cfg.id, server = %name, "server refused: {why}");
             } else if why != logged {
                 tracing::debug!(controller = %self.cfg.id, server = %name, "server not reachable: {why}");
             }
             logged = why;
+            let pause = if refused { REFUSED_PAUSE } else { RECONNECT };
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(RECONNECT) => {}
+                _ = tokio::time::sleep(pause) => {}
             }
         }
     }
@@ -167,7 +180,7 @@ impl Controller {
                 if r["server"] != name {
                     return Err(LinkError::Refused(format!(
                         "{addr} is site {}, but this controller's config says server {name} is there",
-                        r["server"]
+                        r["server"].as_str().unwrap_or("?")
                     )));
                 }
             }
@@ -214,9 +227,11 @@ type Writer = BufWriter<tokio::net::tcp::OwnedWriteHalf>;
 
 /// Connect and say hello on the control channel; `node` is this controller's id.
 async fn connect(addr: std::net::SocketAddr, node: &str, volume_set: &str) -> Result<(Reader, Writer), LinkError> {
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
-        .await
-        .map_err(|_| LinkError::Refused(format!("{addr}: no answer within {CONNECT_TIMEOUT:?}")))??;
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await.map_err(|_| {
+        let e =
+            std::io::Error::new(std::io::ErrorKind::TimedOut, format!("{addr}: no answer within {CONNECT_TIMEOUT:?}"));
+        LinkError::Io(e)
+    })??;
     let _ = stream.set_nodelay(true);
     let (r, w) = stream.into_split();
     let mut reader = FrameReader::new(r);

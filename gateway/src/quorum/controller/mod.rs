@@ -34,6 +34,8 @@ use crate::replication::link;
 
 const TICK: Duration = Duration::from_millis(250);
 const RECONNECT: Duration = Duration::from_millis(500);
+/// After a refusal (a configuration problem, not an outage): try again less often.
+const REFUSED_PAUSE: Duration = Duration::from_secs(5);
 const PING: Duration = Duration::from_secs(1);
 /// Messages kept for a peer that is down; more are dropped (the policy re-sends).
 const PEER_QUEUE: usize = 1024;
