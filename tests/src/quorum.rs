@@ -587,6 +587,17 @@ impl Cluster {
         c.daemon.write_config(&text)
     }
 
+    /// Append `extra` (raw TOML, e.g. an `[[export.filter]]` for `vol0`) to server `s`'s
+    /// config, or restore the original config with `None`; the next start reads it.
+    pub fn edit_server(&mut self, s: Site, extra: Option<&str>) -> Result<()> {
+        let dir = self.server_ref(s).daemon.dir.clone();
+        let mut text = server_config(s, [self.servers[0].ports, self.servers[1].ports], &self.opts.size, &dir);
+        if let Some(e) = extra {
+            text.push_str(e);
+        }
+        self.servers[si(s)].daemon.write_config(&text)
+    }
+
     /// Controller `i`'s listen address (where the other controllers connect).
     pub fn controller_addr(&self, i: usize) -> Result<String> {
         Ok(format!("127.0.0.1:{}", self.ctrl(i)?.spec.listen))

@@ -215,3 +215,48 @@ fn fig4_immediate_leaves_copies_pending() -> Result<()> {
     c.stop_cleanly()?;
     c.check_images()
 }
+
+/// `normal` finishes a resync that is running when the command arrives: S was killed, P took
+/// writes alone, S came back with slow writes (a fault filter delays every write 50 ms) and
+/// the resync started; `shutdown both normal` then waits for it. S holds everything, so S
+/// back alone goes online, with every pattern.
+#[test]
+fn fig4_normal_finishes_a_running_resync() -> Result<()> {
+    let mut c = Cluster::new(ClusterOptions::default())?;
+    let p = c.wait_pair_online(WAIT)?;
+    let s = p.other();
+    c.write_pattern(p, MIB, 31, 512 << 10)?;
+    c.wait_synced(WAIT)?;
+
+    c.server_kill9(s);
+    c.write_pattern(p, 4 * MIB, 32, 8 * MIB as usize)?;
+    c.edit_server(s, Some("\n[[export.filter]]\nplugin = \"fault\"\nconfig = { delay_ms = { write = 50 } }\n"))?;
+    c.server_start(s)?;
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let st = c.server_status(p)?;
+        let set = gateway_tests::quorum::find_set(&st).cloned().unwrap_or_default();
+        if set["resync"].is_object() {
+            break;
+        }
+        ensure!(std::time::Instant::now() < deadline, "no resync towards {} started\n{}", s.name(), c.diag());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    c.shutdown(1, "both", "normal")?;
+    c.wait_server_exit_ok(p, WAIT)?;
+    c.wait_server_exit_ok(s, WAIT)?;
+    let log = c.server_ref(p).daemon.run_log();
+    ensure!(log.contains("pending copies finished"), "{} stopped without finishing the resync:\n{log}", p.name());
+
+    c.edit_server(s, None)?;
+    c.server_start(s)?;
+    c.return_servers(2, s.name())?;
+    c.wait_alone_online(s, WAIT)?;
+    c.check_reads(s)?;
+    c.server_start(p)?;
+    c.return_servers(3, p.name())?;
+    c.wait_pair_online_with(s, WAIT)?;
+    c.wait_synced(WAIT)?;
+    c.stop_cleanly()?;
+    c.check_images()
+}

@@ -817,6 +817,15 @@ impl Machine {
         let Some(open) = self.open.clone() else { return };
         let yes = open.yes();
         if !self.cfg.passes(yes) {
+            // Enough refusals that even every vote still missing could not make it pass: end
+            // it now rather than at the timeout (a refusal may still turn into a yes on a
+            // later poll, but not into enough of them).
+            let missing = self.cfg.controllers.len().saturating_sub(open.votes.len());
+            if !self.cfg.passes(yes + missing) {
+                let refused = open.votes.len() - yes;
+                let why = format!("{refused} refused: it cannot get more than the threshold");
+                self.abort_own(why);
+            }
             return;
         }
         let of = self.cfg.controllers.len();

@@ -7,7 +7,8 @@
 //!   it serves as primary and its data link goes out); at S, permission to join P as its
 //!   secondary (it accepts P's data link and is resynced from it). Repeats are ignored: the
 //!   controllers re-send the decision in force every second.
-//! * `go_offline`: hold host I/O, stop the data link.
+//! * `go_offline`: hold host I/O; a primary keeps its data link for the copies still pending
+//!   (the shutdown that follows says whether they are finished).
 //! * `save_key`: keep a copy of the controller's shutdown key ([`KeyCopies`]).
 //! * `shutdown` with a mode: `normal` finishes the copies pending between the pair first
 //!   (the primary resyncs what the peer lacks and hands it its sealed position; a secondary
@@ -149,10 +150,14 @@ impl Agent {
         })
     }
 
-    /// Hold host I/O and stop sending. A joined secondary stays joined: while the pair shuts
-    /// down with `normal`, the primary still finishes its copies towards it.
+    /// Hold host I/O. A primary that was sending keeps its data link (`draining`) so the
+    /// copies pending towards the secondary can still be finished (a shutdown that follows
+    /// decides whether they are); a joined secondary stays joined for the same reason.
     fn hold(&self, reason: String) {
-        self.set.update(|st| st.held = true);
+        self.set.update(|st| {
+            st.draining = st.sends();
+            st.held = true;
+        });
         for v in &self.set.volumes {
             v.hold_host_io(Some(reason.clone()));
         }
@@ -319,10 +324,17 @@ impl Agent {
         if mode == Mode::Expedite {
             self.set.expedite.store(true, Ordering::Relaxed);
         }
-        // Keep the data link while copies are finished (only if it was serving).
-        let sending = self.set.state().sends();
+        // `normal` and `expedite` keep the data link (if it was up) while copies are finished;
+        // `immediate` and `force` stop it now.
         self.hold(format!("volume set {}: shutting down (mode {})", self.set.name(), mode.name()));
-        self.set.update(|st| st.draining = sending && matches!(mode, Mode::Normal | Mode::Expedite));
+        let finish = matches!(mode, Mode::Normal | Mode::Expedite);
+        self.set.update(|st| {
+            st.draining = st.draining && finish;
+            // A secondary receives what is pending towards it (up to where the primary is).
+            if finish && st.role == Role::Secondary {
+                st.quorum_join = true;
+            }
+        });
         if first {
             tokio::spawn(self.clone().run_shutdown());
         }
@@ -355,32 +367,43 @@ impl Agent {
         self.final_stop().await;
     }
 
-    /// Whether the copies pending between the pair are done (or cannot be done now).
+    /// Whether the copies pending between the pair are done, or cannot be done: the peer is
+    /// gone, or (for a primary) this site stopped serving without a link to finish them on.
     async fn copies_done(&self) -> bool {
         let st = self.set.state();
         match st.role {
             Role::Primary => {
-                if !st.link_up || !st.draining {
+                if !st.draining {
                     return true;
                 }
-                st.flow == Flow::Mirroring
-                    && st.resync.is_none()
-                    && self.set.dirty_bytes() == 0
-                    && self.peer_adopted.load(Ordering::Relaxed) == self.ledger.get().position + 1
-            }
-            Role::Secondary => {
-                let name = self.set.name();
-                let req = json!({"op": "quorum-state", "volume_set": name});
-                match control::request(self.set.cfg.peer_control, self.engine.site(), name, req).await {
-                    Ok(r) if r["ok"] == true => {
-                        let peer_serving = r["online"] == "primary" || r["draining"] == true;
-                        let in_sync =
-                            r["in_sync"] == true && r["position"].as_u64() == Some(self.ledger.get().position);
-                        !peer_serving || in_sync || r["link_up"] != true
-                    }
-                    _ => true,
+                if st.link_up {
+                    return st.flow == Flow::Mirroring
+                        && st.resync.is_none()
+                        && self.set.dirty_bytes() == 0
+                        && self.peer_adopted.load(Ordering::Relaxed) == self.ledger.get().position + 1;
                 }
+                // The link is down (the peer restarting, or not joined yet): worth waiting for
+                // only while the peer answers.
+                self.peer_state().await.is_none()
             }
+            Role::Secondary => match self.peer_state().await {
+                Some(r) => {
+                    let peer_sending = r["online"] == "primary" || r["draining"] == true;
+                    let in_sync = r["in_sync"] == true && r["position"].as_u64() == Some(self.ledger.get().position);
+                    !peer_sending || in_sync
+                }
+                None => true,
+            },
+        }
+    }
+
+    /// The peer's quorum state over the control link, if it answers.
+    async fn peer_state(&self) -> Option<Value> {
+        let name = self.set.name();
+        let req = json!({"op": "quorum-state", "volume_set": name});
+        match control::request(self.set.cfg.peer_control, self.engine.site(), name, req).await {
+            Ok(r) if r["ok"] == true => Some(r),
+            _ => None,
         }
     }
 
