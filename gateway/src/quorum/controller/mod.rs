@@ -154,7 +154,8 @@ impl Controller {
         match &loaded {
             Loaded::Key(_) => tracing::info!(controller = %self.cfg.id, "shutdown key loaded"),
             Loaded::Missing => {
-                tracing::warn!(controller = %self.cfg.id, "no shutdown key: this controller will not elect yes (bootstrap a new system with `gateway ctl quorum bootstrap`)")
+                // The policy warns that it will not elect yes; say how a new system starts.
+                tracing::info!(controller = %self.cfg.id, key = %self.store.path().display(), "no shutdown key file (a new system is set up with `gateway ctl quorum bootstrap`)")
             }
             Loaded::Corrupt(why) => {
                 tracing::error!(controller = %self.cfg.id, "shutdown key {} is unusable ({why}): this controller will not elect yes", self.store.path().display())
