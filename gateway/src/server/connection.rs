@@ -20,6 +20,9 @@ use tokio_util::sync::CancellationToken;
 use super::negotiate::{Catalog, Negotiation, Selected, Verdict, MAX_PAYLOAD};
 use super::request::{check, error_reply, execute};
 
+/// The largest request run in line on a RAM-speed volume (see `completes_inline`).
+const INLINE_MAX: u32 = 128 * 1024;
+
 /// Bytes of request and reply payload one connection may hold in memory at once.
 pub const INFLIGHT_BUDGET: usize = 64 * 1024 * 1024;
 /// The budget is counted in units of this many bytes (the semaphore counts units).
@@ -171,9 +174,10 @@ where
             }
             continue;
         }
-        if sel.volume.completes_inline() {
+        if sel.volume.completes_inline() && req.length <= INLINE_MAX {
             // RAM-speed work with nothing to wait for: a task hand-off would cost more than
-            // the request itself.
+            // the request itself. Large requests still go to a task, so their copying runs
+            // beside the reading of the next request.
             let reply = execute(req, payload, &sel).await;
             if tx.send((reply, permit)).await.is_err() {
                 break Ok(());
