@@ -36,6 +36,9 @@
 //!   never counts either connection (both servers "not connected" in its status), its log (at
 //!   the default level) says which address is which site, the servers keep no key copy of c1,
 //!   and c2..c4 place the pair online.
+//! * `corrupt_server_ledger_is_never_trusted`: S's ledger corrupted while down: S starts at
+//!   position 0 with `ledger_lost` in its status, stays offline after `return`; P's return
+//!   brings the pair online with S resynced; images identical.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
@@ -560,4 +563,44 @@ fn server_address_mismatch_is_reported() -> Result<()> {
     }
     c.write_pattern(p, MIB, 101, 256 << 10)?;
     c.check_reads(p)
+}
+
+/// A server whose position ledger was corrupted while it was down starts from position 0,
+/// says so in its status, and is never placed online alone (the controllers' keys recorded
+/// it further on: "it lost data"); the other server's return brings the pair online and the
+/// damaged one is resynced as the secondary.
+#[test]
+fn corrupt_server_ledger_is_never_trusted() -> Result<()> {
+    let mut c = Cluster::new(ClusterOptions::default())?;
+    let p = c.wait_pair_online(WAIT)?;
+    let s = p.other();
+    c.write_pattern(p, MIB, 71, 512 << 10)?;
+    c.wait_synced(WAIT)?;
+    c.shutdown_both(1, "normal")?;
+
+    let ledger = c.server_ref(s).daemon.dir.join("vs1.quorum.ledger");
+    corrupt_file(&ledger, 8)?;
+    c.server_start(s)?;
+    let q = c.server_quorum(s)?;
+    ensure!(q["position"] == 0, "{} kept a position from a corrupt ledger: {q}", s.name());
+    ensure!(
+        q["ledger_lost"].as_str().is_some_and(|w| !w.is_empty()),
+        "the status does not say the ledger was lost: {q}"
+    );
+    c.return_servers(1, s.name())?;
+    c.expect_stays(
+        &[1, 2, 3, 4],
+        "offline with a server that lost its ledger",
+        |v| outcome(v) == "offline",
+        Duration::from_secs(5),
+    )?;
+    let state = c.server_online(s)?;
+    ensure!(state == "offline", "{} went {state} on a position it cannot vouch for\n{}", s.name(), c.diag());
+
+    c.server_start(p)?;
+    c.return_servers(2, p.name())?;
+    c.wait_pair_online_with(p, WAIT)?;
+    c.wait_synced(WAIT)?;
+    c.stop_cleanly()?;
+    c.check_images()
 }

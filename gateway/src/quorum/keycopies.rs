@@ -3,7 +3,7 @@
 //!
 //! Every controller sends its key to the servers it is connected to each time it saves it;
 //! the server keeps the latest per controller in `<data_dir>/<set>.keys/<controller>.key`, in
-//! the controller's own record format (fsync'd, checksummed: [`super::keystore`]). The copies
+//! the controller's own record format (fsync'd, checksummed: [`super::record`]). The copies
 //! are a record for the operator (server status lists them); a controller never takes its key
 //! back from a server, because a copy may be older than a yes vote the controller gave since.
 
@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 
-use super::keystore::{KeyStore, Loaded};
+use super::record::{Loaded, RecordFile};
 
 pub struct KeyCopies {
     dir: PathBuf,
@@ -34,7 +34,7 @@ impl KeyCopies {
                 let path = e.path();
                 let Some(id) = path.file_stem().and_then(|s| s.to_str()).filter(|s| valid_id(s)) else { continue };
                 if path.extension().is_some_and(|x| x == "key") {
-                    if let Loaded::Key(k) = KeyStore::new(path.clone()).load() {
+                    if let Loaded::Found(k) = RecordFile::new(path.clone()).load() {
                         latest.insert(id.to_owned(), k);
                     }
                 }
@@ -52,7 +52,7 @@ impl KeyCopies {
             return Ok(false);
         }
         std::fs::create_dir_all(&self.dir).map_err(|e| format!("{}: {e}", self.dir.display()))?;
-        KeyStore::new(self.dir.join(format!("{controller}.key"))).save(key).map_err(|e| e.to_string())?;
+        RecordFile::new(self.dir.join(format!("{controller}.key"))).save(key).map_err(|e| e.to_string())?;
         self.latest.lock().insert(controller.to_owned(), key.clone());
         Ok(true)
     }

@@ -16,13 +16,16 @@
 //! * **final report**: a graceful stop records its position; the server sends that final
 //!   report first on every control connection until it is promoted again.
 //!
-//! [`Ledger`] is the pure state machine; [`LedgerFile`] keeps it durable (fsync'd JSON).
+//! [`Ledger`] is the pure state machine; [`LedgerFile`] keeps it durable (fsync'd,
+//! checksummed).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
+
+use super::record::{Loaded, RecordFile};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ledger {
@@ -109,33 +112,52 @@ impl Ledger {
     }
 }
 
-/// The ledger of one volume set, kept in `<data_dir>/<set>.quorum.json`.
+/// The ledger of one volume set, kept in `<data_dir>/<set>.quorum.ledger` as a checksummed
+/// [`RecordFile`].
 pub struct LedgerFile {
-    path: PathBuf,
+    file: RecordFile,
     state: Mutex<Ledger>,
     /// The highest position known durable; writes that rely on a higher one wait for a save.
     durable: AtomicU64,
     /// Saves run one at a time (in blocking threads).
     saving: Mutex<()>,
+    /// Why the saved ledger could not be used at start, if it could not.
+    lost: Option<String>,
 }
 
 impl LedgerFile {
+    /// Open (or create) the ledger. A torn or corrupt one is replaced by position 0 with no
+    /// epoch record and no final report, and [`LedgerFile::lost`] says why: the server then
+    /// looks behind to every controller that saw it further on ("it lost data"), so it is
+    /// never placed online alone on a position it cannot vouch for; it can still rejoin as a
+    /// secondary and be resynced.
     pub fn open(path: PathBuf) -> anyhow::Result<LedgerFile> {
-        let mut ledger: Ledger = match std::fs::read(&path) {
-            Ok(b) => serde_json::from_slice(&b)
-                .map_err(|e| anyhow::anyhow!("{}: not a quorum ledger: {e}", path.display()))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ledger::default(),
-            Err(e) => return Err(anyhow::anyhow!("reading {}: {e}", path.display())),
+        let file = RecordFile::new(path);
+        let (mut ledger, lost) = match file.load() {
+            Loaded::Found(v) => match serde_json::from_value::<Ledger>(v) {
+                Ok(l) => (l, None),
+                Err(e) => (Ledger::default(), Some(format!("checksummed but not a ledger: {e}"))),
+            },
+            Loaded::Missing => (Ledger::default(), None),
+            Loaded::Corrupt(why) => (Ledger::default(), Some(why)),
         };
+        if let Some(why) = &lost {
+            tracing::error!(ledger = %file.path().display(), "quorum ledger unusable ({why}): starting from position 0; this server will not be placed online alone until resynced");
+        }
         ledger.sealed = ledger.position;
         let durable = AtomicU64::new(ledger.position);
-        let f = LedgerFile { path, state: Mutex::new(ledger), durable, saving: Mutex::new(()) };
+        let f = LedgerFile { file, state: Mutex::new(ledger), durable, saving: Mutex::new(()), lost };
         f.save()?;
         Ok(f)
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        self.file.path()
+    }
+
+    /// Why the saved ledger was unusable at start, if it was.
+    pub fn lost(&self) -> Option<&str> {
+        self.lost.as_deref()
     }
 
     pub fn get(&self) -> Ledger {
@@ -153,18 +175,11 @@ impl LedgerFile {
         self.state.lock().position > self.durable.load(Ordering::Acquire)
     }
 
-    /// Write the ledger durably (blocking: temporary file, fsync, rename).
+    /// Write the ledger durably (blocking).
     pub fn save(&self) -> anyhow::Result<()> {
         let _one = self.saving.lock();
         let snapshot = self.get();
-        let tmp = self.path.with_extension("tmp");
-        {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&serde_json::to_vec_pretty(&snapshot)?)?;
-            f.sync_all()?;
-        }
-        std::fs::rename(&tmp, &self.path)?;
+        self.file.save(&serde_json::to_value(&snapshot)?)?;
         self.durable.fetch_max(snapshot.position, Ordering::AcqRel);
         Ok(())
     }
@@ -212,9 +227,28 @@ mod tests {
     }
 
     #[test]
+    fn a_corrupt_ledger_starts_from_zero_and_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vs1.quorum.ledger");
+        let f = LedgerFile::open(path.clone()).unwrap();
+        f.update(|l| l.promote(Some(0))).unwrap();
+        f.save().unwrap();
+        drop(f);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 2;
+        bytes[last] ^= 0x10;
+        std::fs::write(&path, &bytes).unwrap();
+        let g = LedgerFile::open(path.clone()).unwrap();
+        assert_eq!(g.get(), Ledger::default());
+        assert_eq!(g.lost(), Some("checksum mismatch"));
+        // The replacement is saved: the next start is clean.
+        assert_eq!(LedgerFile::open(path).unwrap().lost(), None);
+    }
+
+    #[test]
     fn file_round_trip() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("vs1.quorum.json");
+        let path = dir.path().join("vs1.quorum.ledger");
         let f = LedgerFile::open(path.clone()).unwrap();
         f.update(|l| l.promote(Some(0))).unwrap();
         assert!(f.needs_save());

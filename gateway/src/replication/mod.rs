@@ -155,7 +155,7 @@ impl Engine {
             }));
             let ledger = match cfg.recovery {
                 crate::config::Recovery::Quorum => {
-                    let path = data_dir.join(format!("{}.quorum.json", cfg.name));
+                    let path = data_dir.join(format!("{}.quorum.ledger", cfg.name));
                     Some(Arc::new(LedgerFile::open(path)?))
                 }
                 crate::config::Recovery::Operator => None,

@@ -142,6 +142,7 @@ impl Agent {
         let l = self.ledger.get();
         json!({
             "online": self.online(), "position": l.position, "epoch": l.epoch, "last_final": l.last_final,
+            "ledger_lost": self.ledger.lost(),
             "peer_position": self.peer_position.load(Ordering::Relaxed),
             "shutting_down": self.shutting.lock().map(|m| m.name()),
             "held": self.set.volumes.first().and_then(|v| v.host_io_hold()),

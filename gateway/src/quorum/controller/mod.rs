@@ -1,7 +1,7 @@
 //! The controller role (`[controller]`): the host of the vtc-quorum policy in a real process.
 //!
 //! One task owns the policy and feeds it, in order: `Started`, `KeyLoaded` (from the
-//! [`KeyStore`]), then everything that happens — `Tick` every 250 ms, `ControllerUp`/`Down`
+//! [`RecordFile`]), then everything that happens — `Tick` every 250 ms, `ControllerUp`/`Down`
 //! and `ControllerMessage` from the other controllers, `PeerUp`/`PeerDown` and
 //! `ServerReport` from the two servers, and the operator's commands. It carries out the
 //! actions in order, and a `SaveKey` is fsync'd before the next action runs (a vote is in
@@ -28,7 +28,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::keystore::{KeyStore, Loaded};
+use super::record::{Loaded, RecordFile};
 use crate::config::ControllerConfig;
 use crate::replication::link;
 
@@ -60,7 +60,7 @@ mod links;
 
 pub struct Controller {
     cfg: ControllerConfig,
-    store: Arc<KeyStore>,
+    store: Arc<RecordFile>,
     input: mpsc::UnboundedSender<Input>,
     input_rx: Mutex<Option<mpsc::UnboundedReceiver<Input>>>,
     policy: Mutex<Option<ImportedPolicy>>,
@@ -90,7 +90,7 @@ impl Controller {
         }
         Arc::new(Controller {
             cfg,
-            store: Arc::new(KeyStore::new(key_path)),
+            store: Arc::new(RecordFile::new(key_path)),
             input,
             input_rx: Mutex::new(Some(input_rx)),
             policy: Mutex::new(Some(policy)),
@@ -152,7 +152,7 @@ impl Controller {
             tokio::task::spawn_blocking(move || store.load()).await.unwrap_or_else(|e| Loaded::Corrupt(e.to_string()))
         };
         match &loaded {
-            Loaded::Key(_) => tracing::info!(controller = %self.cfg.id, "shutdown key loaded"),
+            Loaded::Found(_) => tracing::info!(controller = %self.cfg.id, "shutdown key loaded"),
             Loaded::Missing => {
                 // The policy warns that it will not elect yes; say how a new system starts.
                 tracing::info!(controller = %self.cfg.id, key = %self.store.path().display(), "no shutdown key file (a new system is set up with `gateway ctl quorum bootstrap`)")

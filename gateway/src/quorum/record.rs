@@ -1,6 +1,8 @@
-//! A controller's durable store for its shutdown key (seed 000 steps 420/530): one record in
-//! one file, written so that a crash, a torn write or a flipped bit is always detected and
-//! read back as "no key", never as a key (a controller without a key never elects yes).
+//! A durable JSON record in a file, for what quorum recovery must never misread: a
+//! controller's shutdown key (seed 000 steps 420/530; a controller without a key never elects
+//! yes), the servers' copies of those keys, and a server's position ledger. One record per
+//! file, written so that a crash, a torn write or a flipped bit is always detected and read
+//! back as "no record", never as a record.
 //!
 //! Record layout (little endian): magic `GWQK`, format version (u32), payload length (u64),
 //! CRC32C of the payload (u32), then the payload (the key as JSON). A save writes a temporary
@@ -21,7 +23,7 @@ const MAX_PAYLOAD: u64 = 16 << 20;
 /// What loading found.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Loaded {
-    Key(Value),
+    Found(Value),
     Missing,
     /// The file exists but does not hold a valid record; why.
     Corrupt(String),
@@ -30,7 +32,7 @@ pub enum Loaded {
 impl Loaded {
     pub fn key(&self) -> Option<&Value> {
         match self {
-            Loaded::Key(v) => Some(v),
+            Loaded::Found(v) => Some(v),
             _ => None,
         }
     }
@@ -38,7 +40,7 @@ impl Loaded {
     /// For status: `valid`, `missing`, or `corrupt: <why>`.
     pub fn describe(&self) -> String {
         match self {
-            Loaded::Key(_) => "valid".into(),
+            Loaded::Found(_) => "valid".into(),
             Loaded::Missing => "missing".into(),
             Loaded::Corrupt(why) => format!("corrupt: {why}"),
         }
@@ -46,17 +48,17 @@ impl Loaded {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("shutdown key store {path}: {source}")]
+#[error("{path}: {source}")]
 pub struct StoreError {
     path: String,
     source: std::io::Error,
 }
 
-pub struct KeyStore {
+pub struct RecordFile {
     path: PathBuf,
 }
 
-impl KeyStore {
+impl RecordFile {
     pub fn new(path: PathBuf) -> Self {
         Self { path }
     }
@@ -106,7 +108,7 @@ pub fn decode(bytes: &[u8]) -> Loaded {
         return corrupt(format!("{} bytes, shorter than the {HEADER}-byte header (torn write)", bytes.len()));
     }
     if &bytes[0..4] != MAGIC {
-        return corrupt("bad magic: not a shutdown key record".into());
+        return corrupt("bad magic: not a quorum record".into());
     }
     let word = |r: std::ops::Range<usize>| bytes[r].iter().rev().fold(0u64, |acc, b| (acc << 8) | u64::from(*b));
     let version = word(4..8);
@@ -123,7 +125,7 @@ pub fn decode(bytes: &[u8]) -> Loaded {
         return corrupt("checksum mismatch".into());
     }
     match serde_json::from_slice(body) {
-        Ok(v) => Loaded::Key(v),
+        Ok(v) => Loaded::Found(v),
         Err(e) => corrupt(format!("checksummed payload is not JSON: {e}")),
     }
 }
@@ -137,11 +139,11 @@ mod tests {
     #[test]
     fn round_trip_and_missing() {
         let dir = tempfile::tempdir().unwrap();
-        let store = KeyStore::new(dir.path().join("quorum.key"));
+        let store = RecordFile::new(dir.path().join("quorum.key"));
         assert_eq!(store.load(), Loaded::Missing);
         let key = json!({"gen": 7, "servers": {"A": {"position": 3}}});
         store.save(&key).unwrap();
-        assert_eq!(store.load(), Loaded::Key(key.clone()));
+        assert_eq!(store.load(), Loaded::Found(key.clone()));
         let newer = json!({"gen": 8});
         store.save(&newer).unwrap();
         assert_eq!(store.load().key(), Some(&newer));
