@@ -229,8 +229,7 @@ impl Agent {
             }
             Ok(())
         } else if secondary == Some(me) {
-            self.join();
-            Ok(())
+            self.join()
         } else {
             Err(format!("the target names neither this site ({me})"))
         }
@@ -298,10 +297,19 @@ impl Agent {
         });
     }
 
-    fn join(&self) {
+    /// `P+S` at S: accept P's data link. Only an offline server joins: one that serves as
+    /// primary is never demoted by a join (the sim's host contract: "S, if up and offline").
+    fn join(&self) -> Result<(), String> {
         let st = self.set.state();
         if st.quorum_join && st.role == Role::Secondary {
-            return;
+            return Ok(());
+        }
+        if st.role == Role::Primary && !st.held {
+            return Err(format!(
+                "site {} is online as primary; it does not join {}",
+                self.engine.site(),
+                self.set.cfg.peer_site
+            ));
         }
         self.set.update(|st| st.quorum_join = true);
         if st.role == Role::Primary {
@@ -309,6 +317,7 @@ impl Agent {
         }
         tracing::info!(set = self.set.name(), primary = %self.set.cfg.peer_site, "joining the online primary as its secondary");
         self.bump();
+        Ok(())
     }
 
     fn shutdown(self: &Arc<Self>, from: &str, mode: Mode) {
