@@ -27,6 +27,8 @@ enum End {
 pub async fn run(set: Arc<VolumeSet>, events: Events, shutdown: CancellationToken) {
     let Some(mut rx) = set.take_queue() else { return };
     let mut changed = set.subscribe();
+    // The same refusal (e.g. a peer held offline by its quorum controllers) is logged once.
+    let mut last_refusal: Option<String> = None;
     loop {
         if shutdown.is_cancelled() {
             break;
@@ -53,6 +55,7 @@ pub async fn run(set: Arc<VolumeSet>, events: Events, shutdown: CancellationToke
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = set.reconnect.notified() => {}
                 }
                 continue;
             }
@@ -63,7 +66,10 @@ pub async fn run(set: Arc<VolumeSet>, events: Events, shutdown: CancellationToke
         match handshake(&set, &mut reader, &mut writer).await {
             Ok(()) => {}
             Err(LinkError::Refused(reason)) => {
-                tracing::warn!(set = set.name(), "peer refused the data link: {reason}");
+                if last_refusal.as_deref() != Some(reason.as_str()) {
+                    tracing::warn!(set = set.name(), "peer refused the data link: {reason}");
+                    last_refusal = Some(reason.clone());
+                }
                 set.update(|st| st.last_error = Some(format!("peer refused: {reason}")));
                 if reason.starts_with("stale") {
                     events.send(set.name(), "peer_is_production", &reason);
@@ -71,6 +77,7 @@ pub async fn run(set: Arc<VolumeSet>, events: Events, shutdown: CancellationToke
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                    _ = set.reconnect.notified() => {}
                 }
                 continue;
             }
@@ -80,6 +87,7 @@ pub async fn run(set: Arc<VolumeSet>, events: Events, shutdown: CancellationToke
                 continue;
             }
         }
+        last_refusal = None;
         set.update(|st| {
             st.link_up = true;
             st.last_error = None;

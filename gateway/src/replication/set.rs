@@ -139,6 +139,8 @@ pub struct VolumeSet {
     pub ledger: Option<Arc<LedgerFile>>,
     /// A resync runs with a wider window (an `expedite` shutdown is finishing it).
     pub expedite: std::sync::atomic::AtomicBool,
+    /// Wakes the data link's reconnect back-off (the peer is known to accept now).
+    pub reconnect: tokio::sync::Notify,
 }
 
 impl VolumeSet {
@@ -182,6 +184,7 @@ impl VolumeSet {
             updates_sent: AtomicU64::new(0),
             ledger,
             expedite: std::sync::atomic::AtomicBool::new(false),
+            reconnect: tokio::sync::Notify::new(),
         })
     }
 

@@ -469,8 +469,11 @@ impl Machine {
         self.log("info", format!("return of {} by operator; broadcasting", cmd.servers.join("+")));
         self.record_command(&cmd, false);
         self.send("*", Msg::Return { cmd });
-        // Return is when the controllers determine what goes online (step 460): soon.
+        // Return is when the controllers determine what goes online (step 460): soon. A
+        // returned server joins the primary in force at once (the periodic re-send would do
+        // the same at the next exchange).
         self.next_propose = self.next_propose.min(self.now + self.idx_delay());
+        self.reassert_online();
     }
 
     /// Record a shutdown (`hold`) or return command in the key (steps 420/530: a key is

@@ -225,6 +225,10 @@ impl Agent {
                 self.promote(guard).await?;
             }
             if secondary.is_some() {
+                if !self.set.state().link_up {
+                    // S has been told to join: do not wait out the reconnect back-off.
+                    self.set.reconnect.notify_one();
+                }
                 self.resync_secondary();
             }
             Ok(())
