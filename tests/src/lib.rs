@@ -194,6 +194,60 @@ pub fn run(cmd: &mut Command) -> Result<Output> {
     Ok(out)
 }
 
+/// Run `qemu-io -f raw` (read-only with `read_only`) on `uri` with one `-c` per command,
+/// bounded to 60 s. Returns whether it exited 0 and its stdout and stderr together: qemu-io
+/// exits non-zero after a failed command, and reports some failures only in its output.
+pub fn qemu_io(uri: &str, read_only: bool, cmds: &[&str]) -> (bool, String) {
+    let mut c = Command::new("timeout");
+    c.args(["-k", "5", "60", "qemu-io", "-f", "raw"]);
+    if read_only {
+        c.arg("-r");
+    }
+    c.arg(uri);
+    for cmd in cmds {
+        c.arg("-c").arg(cmd);
+    }
+    let out = c.output().unwrap_or_else(|e| panic!("running qemu-io: {e}"));
+    assert_ne!(out.status.code(), Some(124), "qemu-io {cmds:?} timed out");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+/// [`qemu_io`] that must succeed: exit 0, no I/O error and no failed pattern verification in
+/// its output. Returns the output.
+#[track_caller]
+pub fn qemu_io_ok(uri: &str, read_only: bool, cmds: &[&str]) -> String {
+    let (ok, text) = qemu_io(uri, read_only, cmds);
+    assert!(ok, "qemu-io {cmds:?} failed:\n{text}");
+    for bad in ["Pattern verification failed", "failed:", "error", "Error"] {
+        assert!(!text.contains(bad), "qemu-io {cmds:?} reported `{bad}`:\n{text}");
+    }
+    text
+}
+
+/// fio's nbd engine on `uri` with 4 KiB blocks at QD32 and `--verify=crc32c` (plus `extra`),
+/// bounded to 120 s; fails on any fio error or verification failure. Returns fio's output.
+#[track_caller]
+pub fn fio_verify(uri: &str, name: &str, extra: &[&str]) -> String {
+    // fio may leave verify state files in its working directory.
+    let cwd = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let out = run(Command::new("timeout")
+        .current_dir(cwd.path())
+        .args(["120", "fio", "--name", name, "--ioengine=nbd"])
+        .arg(format!("--uri={uri}"))
+        .args(["--bs=4k", "--iodepth=32", "--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--runtime=60"])
+        .args(["--exitall_on_error=1", "--continue_on_error=none", "--verify_state_save=0"])
+        .args(extra))
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let errs: Vec<&str> =
+        text.split("err=").skip(1).map(|s| s.trim_start().split([' ', ':', ',']).next().unwrap_or("")).collect();
+    assert!(!errs.is_empty(), "no `err=` in fio output:\n{text}");
+    assert!(errs.iter().all(|e| *e == "0"), "fio reported errors {errs:?}:\n{text}");
+    assert!(!text.contains("verify:") && !text.contains("bad magic"), "verify failure:\n{text}");
+    text
+}
+
 /// A config with one export of the given backend TOML fragment, e.g.
 /// `one_export("vol", "256MiB", "type = \"memory\"")`.
 pub fn one_export(name: &str, size: &str, backend: &str) -> String {

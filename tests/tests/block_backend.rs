@@ -8,7 +8,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use gateway_tests::{assert_same, pattern, require_tool, run, Gateway};
+use gateway_tests::{assert_same, pattern, qemu_io_ok, require_tool, run, Gateway};
 use serde_json::Value;
 
 const SIZE: u64 = 128 << 20;
@@ -44,18 +44,6 @@ fn allocated(p: &Path) -> u64 {
     std::fs::metadata(p).unwrap().blocks() * 512
 }
 
-fn qemu_io(uri: &str, cmds: &[&str]) -> String {
-    let mut c = Command::new("qemu-io");
-    c.args(["-f", "raw", uri]);
-    for cmd in cmds {
-        c.arg("-c").arg(cmd);
-    }
-    let out = run(&mut c).unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(!text.contains("Pattern verification failed") && !text.contains("failed:"), "qemu-io {cmds:?}:\n{text}");
-    text
-}
-
 #[test]
 fn block_device_export() {
     require_tool("losetup");
@@ -80,8 +68,9 @@ fn block_device_export() {
     }
 
     // Pattern I/O, including the last bytes of the device.
-    qemu_io(
+    qemu_io_ok(
         &uri,
+        false,
         &[
             "write -P 0xab 0 1M",
             "write -f -P 0xcd 1M 1M",
@@ -90,9 +79,10 @@ fn block_device_export() {
             "write -P 0x55 6M 1M",
         ],
     );
-    qemu_io(&uri, &["write -z 5M 1M", "write -z -u 6M 1M", "write -f -P 0x66 8191k 1k", "flush"]);
-    let text = qemu_io(
+    qemu_io_ok(&uri, false, &["write -z 5M 1M", "write -z -u 6M 1M", "write -f -P 0x66 8191k 1k", "flush"]);
+    let text = qemu_io_ok(
         &uri,
+        false,
         &[
             "read -P 0xab 0 1M",
             "read -P 0xcd 1M 1M",
@@ -123,10 +113,10 @@ fn block_device_export() {
     // Trim reaches the device: the loop driver punches a hole in the backing file, which
     // gives the space back. Zeroing (with or without unmap) over the random data reads back
     // as zeroes, and data next to it is untouched.
-    qemu_io(&uri, &["discard 0 32M", "write -z -u 32M 16M", "write -z 48M 16M", "flush"]);
+    qemu_io_ok(&uri, false, &["discard 0 32M", "write -z -u 32M 16M", "write -z 48M 16M", "flush"]);
     let after = allocated(&backing);
     assert!(after <= full - (30 << 20), "trim freed too little: {full} -> {after} bytes allocated");
-    qemu_io(&uri, &["read -P 0 32M 32M"]);
+    qemu_io_ok(&uri, false, &["read -P 0 32M 32M"]);
     let mut got = vec![0u8; 1 << 20];
     let f = std::fs::File::open(&lo.dev).unwrap();
     std::os::unix::fs::FileExt::read_exact_at(&f, &mut got, 64 << 20).unwrap();

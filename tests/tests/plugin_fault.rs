@@ -56,16 +56,9 @@ fn path_str(p: &Path) -> &str {
     p.to_str().expect("temporary paths are UTF-8")
 }
 
+/// qemu-io's output; it exits non-zero after a failed command, and the output says which.
 fn qemu_io(uri: &str, cmds: &[&str]) -> String {
-    let mut c = Command::new("timeout");
-    c.args(["-k", "5", "60", "qemu-io", "-f", "raw"]).arg(uri);
-    for cmd in cmds {
-        c.arg("-c").arg(cmd);
-    }
-    // qemu-io exits non-zero after a failed command; the output says which.
-    let out = c.output().unwrap();
-    assert_ne!(out.status.code(), Some(124), "qemu-io timed out");
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    gateway_tests::qemu_io(uri, false, cmds).1
 }
 
 #[test]

@@ -16,11 +16,11 @@
 //!   same as for an export without it, and the journal replays to the backing file.
 //! * Two exports naming one journal file: the daemon refuses to start, saying why.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use gateway_tests::sites::Expect;
 use gateway_tests::{assert_same, gateway_bin, python, require_tool, run, Gateway};
 use serde_json::Value;
 
@@ -149,53 +149,6 @@ fn block_hashes(image: &Path) -> Vec<String> {
     String::from_utf8(out.stdout).unwrap().lines().map(str::to_owned).collect()
 }
 
-/// What each block may hold after the crash: its last acknowledged content (or zeroes), and
-/// the content of a write to it that was in flight, if any.
-#[derive(Default)]
-struct Expect {
-    acked: HashMap<u64, String>,
-    pending: HashMap<u64, String>,
-    acked_writes: usize,
-    sent_writes: usize,
-}
-
-fn parse_writer_log(text: &str) -> Expect {
-    let mut e = Expect::default();
-    let mut writes: HashMap<u64, (u64, Vec<String>)> = HashMap::new();
-    // Only complete lines: the writer may have been cut off in the middle of one.
-    let complete = match text.rfind('\n') {
-        Some(i) => &text[..=i],
-        None => "",
-    };
-    for line in complete.lines() {
-        let mut f = line.split_whitespace();
-        match f.next() {
-            Some("P") => {
-                let id: u64 = f.next().unwrap().parse().unwrap();
-                let block: u64 = f.next().unwrap().parse().unwrap();
-                let sums: Vec<String> = f.map(str::to_owned).collect();
-                for (k, s) in sums.iter().enumerate() {
-                    let old = e.pending.insert(block + k as u64, s.clone());
-                    assert!(old.is_none(), "two writes in flight on block {}", block + k as u64);
-                }
-                writes.insert(id, (block, sums));
-                e.sent_writes += 1;
-            }
-            Some("A") => {
-                let id: u64 = f.next().unwrap().parse().unwrap();
-                let (block, sums) = writes.get(&id).unwrap();
-                for (k, s) in sums.iter().enumerate() {
-                    e.pending.remove(&(block + k as u64));
-                    e.acked.insert(block + k as u64, s.clone());
-                }
-                e.acked_writes += 1;
-            }
-            _ => {}
-        }
-    }
-    e
-}
-
 fn count_acks(log: &Path) -> usize {
     std::fs::read_to_string(log).unwrap_or_default().lines().filter(|l| l.starts_with("A ")).count()
 }
@@ -240,7 +193,7 @@ fn crash_round(seed: u64, sync: &str) {
         "seed {seed}: the writer finished before the kill\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let expect = parse_writer_log(&text);
+    let expect = Expect::parse(&text);
     assert!(expect.acked_writes >= min_acks, "seed {seed}: {} acks", expect.acked_writes);
 
     let image = dir.path().join("replayed.img");
@@ -303,28 +256,11 @@ fn crash_round(seed: u64, sync: &str) {
     assert_eq!(s2["volumes"]["vol"]["applied"].as_u64().unwrap() as usize, applied + 1, "{s2}");
 }
 
-/// sha256 of 4096 zero bytes.
-const ZERO_BLOCK_SHA256: &str = "ad7facb2586fc6e966c004d7d1d16b024f5805ff7cb47c7a85dabd8b48892ca7";
-
 /// Blocks whose content is neither the last acknowledged (or zeroes) nor an in-flight write's,
 /// and how many blocks hold an in-flight write's content.
 fn check_blocks(expect: &Expect, got: &[String]) -> (Vec<u64>, usize) {
     assert_eq!(got.len(), SIZE as usize / BS);
-    let mut bad = Vec::new();
-    let mut in_flight_landed = 0;
-    for (b, h) in got.iter().enumerate() {
-        let b = b as u64;
-        let acked = expect.acked.get(&b).map_or(ZERO_BLOCK_SHA256, String::as_str);
-        if h == acked {
-            continue;
-        }
-        if expect.pending.get(&b) == Some(h) {
-            in_flight_landed += 1;
-            continue;
-        }
-        bad.push(b);
-    }
-    (bad, in_flight_landed)
+    expect.check(got, &[])
 }
 
 #[test]

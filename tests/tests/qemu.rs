@@ -6,25 +6,10 @@
 
 use std::process::Command;
 
-use gateway_tests::{pattern, require_tool, run, Gateway};
+use gateway_tests::{pattern, qemu_io_ok, require_tool, run, Gateway};
 use serde_json::Value;
 
 const MIB: u64 = 1 << 20;
-
-fn qemu_io(uri: &str, cmds: &[&str]) -> String {
-    let mut c = Command::new("qemu-io");
-    c.args(["-f", "raw"]).arg(uri);
-    for cmd in cmds {
-        c.arg("-c").arg(cmd);
-    }
-    let out = run(&mut c).unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    // qemu-io reports I/O errors and failed verifications on its output but still exits 0.
-    for bad in ["Pattern verification failed", "failed:", "error", "Error"] {
-        assert!(!text.contains(bad), "qemu-io {cmds:?} reported `{bad}`:\n{text}");
-    }
-    text
-}
 
 /// (offset, length, type) from `nbdinfo --map --json`.
 fn map(uri: &str) -> Vec<(u64, u64, u64)> {
@@ -81,10 +66,10 @@ fn qemu_io_patterns_and_allocation_map() {
     let g = Gateway::start(cfg).unwrap();
     for export in ["disk", "mem"] {
         let uri = g.uri(export);
-        let text = qemu_io(&uri, WRITES);
+        let text = qemu_io_ok(&uri, false, WRITES);
         assert_eq!(text.matches("wrote ").count(), 9, "{export}: {text}");
         assert_eq!(text.matches("discard ").count(), 1, "{export}: {text}");
-        let text = qemu_io(&uri, READS);
+        let text = qemu_io_ok(&uri, false, READS);
         assert_eq!(text.matches("read ").count(), READS.len(), "{export}: {text}");
         // A wrong pattern must be detected (this proves the checks above can fail).
         let out = Command::new("qemu-io").args(["-f", "raw", &uri, "-c", "read -P 0xab 1M 4k"]).output().unwrap();
@@ -129,7 +114,7 @@ fn qemu_img_convert_and_compare() {
     data[4 * MIB as usize..6 * MIB as usize].fill(0);
     std::fs::write(&local, &data).unwrap();
     // Fill the export with something else first, so zeroes must really be written.
-    qemu_io(&g.uri("img"), &["write -P 0x5a 0 16M"]);
+    qemu_io_ok(&g.uri("img"), false, &["write -P 0x5a 0 16M"]);
 
     run(Command::new("qemu-img").args(["convert", "-n", "-f", "raw", "-O", "raw"]).arg(&local).arg(g.uri("img")))
         .unwrap();
@@ -146,7 +131,7 @@ fn qemu_img_convert_and_compare() {
     // Change one byte through the export: compare must point at it.
     let at = 9 * MIB + 12345;
     let b = data[at as usize] ^ 0xff;
-    qemu_io(&g.uri("img"), &[&format!("write -P {b:#x} {at} 1")]);
+    qemu_io_ok(&g.uri("img"), false, &[&format!("write -P {b:#x} {at} 1")]);
     let out = Command::new("qemu-img")
         .args(["compare", "-f", "raw", "-F", "raw"])
         .arg(&local)

@@ -9,53 +9,9 @@ use std::time::{Duration, Instant};
 
 use gateway_tests::raw;
 use gateway_tests::sites::{Options, Site, TwoSites, VOLUME};
-use gateway_tests::{require_tool, run};
+use gateway_tests::{fio_verify, qemu_io, qemu_io_ok, require_tool};
 
 const MIB: u64 = 1 << 20;
-
-fn fio(uri: &str, extra: &[&str]) -> String {
-    let cwd = tempfile::tempdir().unwrap();
-    let out = run(Command::new("timeout")
-        .current_dir(cwd.path())
-        .args(["90", "fio", "--name", "repl", "--ioengine=nbd"])
-        .arg(format!("--uri={uri}"))
-        .args(["--bs=4k", "--iodepth=32", "--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--runtime=60"])
-        .args(["--exitall_on_error=1", "--continue_on_error=none", "--verify_state_save=0"])
-        .args(extra))
-    .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let errs: Vec<&str> =
-        text.split("err=").skip(1).map(|s| s.trim_start().split([' ', ':', ',']).next().unwrap_or("")).collect();
-    assert!(!errs.is_empty(), "no `err=` in fio output:\n{text}");
-    assert!(errs.iter().all(|e| *e == "0"), "fio reported errors {errs:?}:\n{text}");
-    assert!(!text.contains("verify:") && !text.contains("bad magic"), "verify failure:\n{text}");
-    text
-}
-
-fn qemu_io(uri: &str, read_only: bool, cmds: &[&str]) -> (bool, String) {
-    let mut c = Command::new("timeout");
-    c.args(["60", "qemu-io", "-f", "raw"]);
-    if read_only {
-        c.arg("-r");
-    }
-    c.arg(uri);
-    for cmd in cmds {
-        c.arg("-c").arg(cmd);
-    }
-    let out = c.output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    (out.status.success(), text)
-}
-
-#[track_caller]
-fn qemu_io_ok(uri: &str, read_only: bool, cmds: &[&str]) -> String {
-    let (ok, text) = qemu_io(uri, read_only, cmds);
-    assert!(ok, "qemu-io {cmds:?} failed:\n{text}");
-    for bad in ["Pattern verification failed", "failed:", "error", "Error"] {
-        assert!(!text.contains(bad), "qemu-io {cmds:?} reported `{bad}`:\n{text}");
-    }
-    text
-}
 
 const WRITES: &[&str] = &[
     "write -P 0xab 0 1M",
@@ -102,7 +58,7 @@ fn replication_basic() {
     sites.assert_identical("after the initial copy");
 
     // fio: every 4 KiB block of the first 32 MiB, 32 in flight, verified by reading back at A.
-    let text = fio(&sites.uri(Site::A), &["--rw=randwrite", "--size=32M"]);
+    let text = fio_verify(&sites.uri(Site::A), "repl", &["--rw=randwrite", "--size=32M"]);
     assert!(text.contains("issued rwts: total=8192,8192"), "{text}");
     let after_fio = sites.vs(Site::A);
     assert_eq!(after_fio["state"], "InSync", "{after_fio}");
