@@ -509,6 +509,9 @@ impl Agent {
                 _ = changed.changed() => {}
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
             }
+            // The set changes on every resync step: take a burst of changes as one.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            changed.borrow_and_update();
             let st = self.set.state();
             if !(st.sends() && st.link_up && st.flow == Flow::Mirroring && st.resync.is_none()) {
                 continue;

@@ -11,6 +11,11 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 
 use super::Agent;
+
+/// How often a controller connection looks for changes of the set to report.
+const REPORT_CHECK: Duration = Duration::from_millis(100);
+/// Every this many checks, the report goes out even if nothing changed (a heartbeat).
+const HEARTBEAT_CHECKS: u32 = 10;
 use crate::replication::link::{self, FrameReader, LinkError, LINK_TIMEOUT};
 use crate::replication::Engine;
 
@@ -56,11 +61,19 @@ impl Agent {
         let mut changed = self.changed.subscribe();
         let mut set_changed = self.set.subscribe();
         let mut fin = self.final_report.subscribe();
-        let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
+        // The set changes on every resync step: look at it (and report what changed) at most
+        // every REPORT_CHECK; the agent's own changes are reported at once; every
+        // HEARTBEAT_CHECKS checks, the report goes out anyway.
+        let mut tick = tokio::time::interval(REPORT_CHECK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut checks = 0u32;
         loop {
-            tokio::select! {
+            let look = tokio::select! {
                 body = commands.recv() => match body {
-                    Some(b) => self.command(controller, &b).await,
+                    Some(b) => {
+                        self.command(controller, &b).await;
+                        false
+                    }
                     None => return Ok(()),
                 },
                 _ = fin.changed() => {
@@ -71,14 +84,20 @@ impl Agent {
                         link::send(writer, &send(r)).await?;
                         self.finals_sent.fetch_add(1, Ordering::AcqRel);
                     }
+                    false
                 }
-                _ = changed.changed() => {}
-                _ = set_changed.changed() => {}
-                _ = heartbeat.tick() => {
-                    last = Value::Null;
+                _ = changed.changed() => true,
+                _ = tick.tick() => {
+                    checks += 1;
+                    if checks.is_multiple_of(HEARTBEAT_CHECKS) {
+                        last = Value::Null;
+                    }
+                    let moved = set_changed.has_changed().unwrap_or(false);
+                    set_changed.borrow_and_update();
+                    moved || last.is_null()
                 }
-            }
-            if fin.borrow().is_some() {
+            };
+            if !look || fin.borrow().is_some() {
                 continue;
             }
             let now = self.report(true, self.ledger.get().position);
