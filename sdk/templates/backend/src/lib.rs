@@ -9,7 +9,7 @@ pub struct RamDisk(Mutex<Vec<u8>>);
 impl RamDisk {
     /// Run `f` on the bytes at `offset..offset + len` (the host validates ranges; we check anyway).
     fn with<T>(&self, offset: u64, len: usize, f: impl FnOnce(&mut [u8]) -> T) -> Result<T, BackendError> {
-        let mut disk = self.0.lock().unwrap();
+        let mut disk = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let start = usize::try_from(offset).unwrap_or(usize::MAX);
         let bytes = disk.get_mut(start..start.saturating_add(len));
         bytes.map(f).ok_or_else(|| BackendError::invalid("ramdisk: range outside the disk"))
@@ -28,7 +28,7 @@ impl Backend for RamDisk {
         "ramdisk"
     }
     fn size(&self) -> u64 {
-        self.0.lock().unwrap().len() as u64
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).len() as u64
     }
     fn capabilities(&self) -> Capabilities {
         // Native zero; everything else is emulated or passed over by the host. RAM never
