@@ -69,28 +69,43 @@ async fn session(stream: TcpStream, engine: &Arc<Engine>) -> Result<(), LinkErro
     }
 }
 
-/// Send one request to a peer's control port and return its JSON response.
-pub async fn request(addr: SocketAddr, site: &str, volume_set: &str, body: Value) -> Result<Value, String> {
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
-        .await
-        .map_err(|_| format!("control port {addr}: no answer within {CONNECT_TIMEOUT:?}"))?
-        .map_err(|e| format!("control port {addr}: {e}"))?;
+pub type ControlReader = FrameReader<tokio::net::tcp::OwnedReadHalf>;
+pub type ControlWriter = BufWriter<tokio::net::tcp::OwnedWriteHalf>;
+
+/// Connect to a control port (a peer site's, or a server's for a quorum controller) and say
+/// hello as `node`; the connection is ready for requests once this returns.
+pub async fn dial(addr: SocketAddr, node: &str, volume_set: &str) -> Result<(ControlReader, ControlWriter), LinkError> {
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await.map_err(|_| {
+        LinkError::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no answer within {CONNECT_TIMEOUT:?}"),
+        ))
+    })??;
+    let _ = stream.set_nodelay(true);
     let (r, w) = stream.into_split();
     let mut reader = FrameReader::new(r);
     let mut writer = BufWriter::new(w);
     let hello = Message::Hello {
-        node: site.to_owned(),
+        node: node.to_owned(),
         channel: Channel::Control,
         volume_set: volume_set.to_owned(),
         generation: 0,
     };
-    let io = |e: LinkError| format!("control port {addr}: {e}");
-    link::send(&mut writer, &hello).await.map_err(io)?;
-    match reader.next(LINK_TIMEOUT).await.map_err(io)? {
-        Message::Welcome { .. } => {}
-        Message::Refused { reason } => return Err(format!("control port {addr} refused: {reason}")),
-        _ => return Err(format!("control port {addr}: unexpected reply to hello")),
+    link::send(&mut writer, &hello).await?;
+    match reader.next(LINK_TIMEOUT).await? {
+        Message::Welcome { .. } => Ok((reader, writer)),
+        Message::Refused { reason } => Err(LinkError::Refused(reason)),
+        _ => Err(LinkError::Unexpected("reply to hello")),
     }
+}
+
+/// Send one request to a peer's control port and return its JSON response.
+pub async fn request(addr: SocketAddr, site: &str, volume_set: &str, body: Value) -> Result<Value, String> {
+    let io = |e: LinkError| match e {
+        LinkError::Refused(reason) => format!("control port {addr} refused: {reason}"),
+        e => format!("control port {addr}: {e}"),
+    };
+    let (mut reader, mut writer) = dial(addr, site, volume_set).await.map_err(io)?;
     link::send(&mut writer, &Message::Request { id: 1, body: body.to_string() }).await.map_err(io)?;
     // Swaps wait for a flush at the peer; allow them longer than a heartbeat.
     match reader.next(LINK_TIMEOUT * 6).await.map_err(io)? {

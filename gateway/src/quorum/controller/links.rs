@@ -13,7 +13,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{Controller, PING, RECONNECT, REFUSED_PAUSE};
-use crate::replication::link::{self, FrameReader, LinkError, CONNECT_TIMEOUT, LINK_TIMEOUT};
+use crate::replication::control;
+use crate::replication::link::{self, FrameReader, LinkError, LINK_TIMEOUT};
 
 impl Controller {
     // ----- other controllers -------------------------------------------------------------------
@@ -59,7 +60,7 @@ impl Controller {
         addr: std::net::SocketAddr,
         rx: &mut mpsc::Receiver<Value>,
     ) -> Result<(), LinkError> {
-        let (mut reader, mut writer) = connect(addr, &self.cfg.id, &self.cfg.volume_set).await?;
+        let (mut reader, mut writer) = control::dial(addr, &self.cfg.id, &self.cfg.volume_set).await?;
         self.view.lock().peers.insert(peer.to_owned(), true);
         tracing::info!(controller = %self.cfg.id, peer, "controller link up");
         self.event(Event::ControllerUp { controller: peer.to_owned() });
@@ -168,7 +169,7 @@ impl Controller {
         tx: mpsc::UnboundedSender<Value>,
         mut rx: mpsc::UnboundedReceiver<Value>,
     ) -> Result<(), LinkError> {
-        let (mut reader, mut writer) = connect(addr, &self.cfg.id, &self.cfg.volume_set).await?;
+        let (mut reader, mut writer) = control::dial(addr, &self.cfg.id, &self.cfg.volume_set).await?;
         let attach = json!({"op": "quorum-attach", "volume_set": self.cfg.volume_set, "controller": self.cfg.id});
         link::send(&mut writer, &Message::Request { id: 1, body: attach.to_string() }).await?;
         match reader.next(LINK_TIMEOUT).await? {
@@ -219,33 +220,5 @@ impl Controller {
                 }
             }
         }
-    }
-}
-
-type Reader = FrameReader<tokio::net::tcp::OwnedReadHalf>;
-type Writer = BufWriter<tokio::net::tcp::OwnedWriteHalf>;
-
-/// Connect and say hello on the control channel; `node` is this controller's id.
-async fn connect(addr: std::net::SocketAddr, node: &str, volume_set: &str) -> Result<(Reader, Writer), LinkError> {
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await.map_err(|_| {
-        let e =
-            std::io::Error::new(std::io::ErrorKind::TimedOut, format!("{addr}: no answer within {CONNECT_TIMEOUT:?}"));
-        LinkError::Io(e)
-    })??;
-    let _ = stream.set_nodelay(true);
-    let (r, w) = stream.into_split();
-    let mut reader = FrameReader::new(r);
-    let mut writer = BufWriter::new(w);
-    let hello = Message::Hello {
-        node: node.to_owned(),
-        channel: Channel::Control,
-        volume_set: volume_set.to_owned(),
-        generation: 0,
-    };
-    link::send(&mut writer, &hello).await?;
-    match reader.next(LINK_TIMEOUT).await? {
-        Message::Welcome { .. } => Ok((reader, writer)),
-        Message::Refused { reason } => Err(LinkError::Refused(reason)),
-        _ => Err(LinkError::Unexpected("reply to hello")),
     }
 }
